@@ -175,7 +175,8 @@ EIGHT_BIT_DATA_IN_7BIT = Reply(554, "5.6.0", "8-bit data in a 7BIT message")
 # --- Local failures -------------------------------------------------------------------------
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 SPOOL_WRITE_FAILED = Reply(451, "4.3.0", "Could not store the message, try again later")
-INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage, try again later")
+# A full spool answers end of data with 451, not 452: the sender must retry the whole message.
+SPOOL_FULL = Reply(451, "4.3.1", "Insufficient system storage, try again later")
 SCRIPT_ERROR = Reply(451, "4.3.0", "Temporary local policy error, try again later")
 SCRIPT_DEFER = Reply(451, "4.7.1", "Try again later")
 SCRIPT_REJECT = Reply(550, "5.7.1", "Rejected by policy")
