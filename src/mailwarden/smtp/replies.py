@@ -154,7 +154,7 @@ SOURCE_ROUTE_REFUSED = Reply(553, "5.1.3", "Source routes are not accepted")
 MESSAGE_TOO_BIG_FOR_SIZE = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-ROUTING_REFUSED = Reply(553, "5.7.1", "Sender-specified routing (%, !, @ in local part) not accepted")
+ROUTING_REFUSED = Reply(553, "5.7.1", "Sender-specified routing (% ! @ in local part) refused")
 SMTPUTF8_NEEDS_8BITMIME = Reply(555, "5.6.7", "SMTPUTF8 requires BODY=8BITMIME or BINARYMIME")
 
 # --- DATA / BDAT ----------------------------------------------------------------------------
