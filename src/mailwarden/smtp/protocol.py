@@ -156,6 +156,11 @@ class SmtpConnection:
         return self._awaiting
 
     @property
+    def buffered_bytes(self) -> int:
+        """Input received but not yet processed (the server pauses reading above a mark)."""
+        return len(self._inbuf)
+
+    @property
     def in_data(self) -> bool:
         """True while reading message content (the server applies its data timeout)."""
         return self._state in (_State.DATA, _State.BDAT)
