@@ -1,0 +1,105 @@
+"""What a policy hook decides: return (or raise) one of these actions.
+
+Every action that ends in an SMTP reply carries the reply code, the RFC 3463 enhanced status
+code and the text. Returning ``None`` takes the phase's documented default (see docs/policy.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailwarden.smtp.replies import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Say yes. At MAIL or RCPT, ``sender``/``recipient`` rewrite the address; ``metadata`` is
+    stored with the recipient (RCPT) or every recipient (MAIL, DATA) for the delivery phase;
+    ``text`` replaces the reply text (the code stays 2xx)."""
+
+    text: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class _ReplyAction(Exception):
+    """Base of Reject and Defer: an SMTP reply that may also be raised from deep in a script."""
+
+    default_code = 550
+    default_enhanced = "5.7.1"
+    default_reason = "Rejected by policy"
+
+    def __init__(
+        self,
+        reason: str | None = None,
+        *,
+        code: int | None = None,
+        enhanced: str | None = None,
+        lines: Sequence[str] = (),
+        disconnect: bool = False,
+    ) -> None:
+        code = code if code is not None else self.default_code
+        enhanced = enhanced if enhanced is not None else self.default_enhanced
+        reason = reason if reason is not None else self.default_reason
+        self._check_class(code)
+        # Reply validates that the enhanced code's class matches the code (RFC 3463 §3).
+        self.reply = Reply(code, enhanced, reason, tuple(lines))
+        self.disconnect = disconnect
+        super().__init__(reason)
+
+    def _check_class(self, code: int) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        r = self.reply
+        return f"{type(self).__name__}({r.code} {r.enhanced} {r.text!r})"
+
+
+class Reject(_ReplyAction):
+    """Refuse permanently: a 5xx reply (default ``550 5.7.1 Rejected by policy``)."""
+
+    def _check_class(self, code: int) -> None:
+        if not 500 <= code <= 599:
+            raise ValueError(f"Reject needs a 5xx code, got {code}")
+
+
+class Defer(_ReplyAction):
+    """Refuse for now, the client retries: a 4xx reply (default ``451 4.7.1 Try again later``)."""
+
+    default_code = 451
+    default_enhanced = "4.7.1"
+    default_reason = "Try again later"
+
+    def _check_class(self, code: int) -> None:
+        if not 400 <= code <= 499:
+            raise ValueError(f"Defer needs a 4xx code, got {code}")
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """End of data: queue the message for every recipient still active (the default), with
+    ``metadata`` merged into each recipient's own."""
+
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """End of data: keep the message in the spool, held (quarantined), for every recipient still
+    active; an operator releases or deletes it later. The client gets 250."""
+
+    reason: str = "held by policy"
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """End of data: accept with 250 and drop the message (nothing is queued)."""
+
+    reason: str = "discarded by policy"
+
+
+Action = Accept | Reject | Defer | Queue | Hold | Discard

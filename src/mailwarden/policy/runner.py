@@ -1,0 +1,67 @@
+"""Calling a policy hook safely: a raising, slow or confused hook never crashes the server and
+never turns into a 250. It becomes ``451 4.3.0``, a logged traceback with the connection id, and
+one more on the ``script_errors`` counter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
+from mailwarden.policy.script import PolicyScript
+from mailwarden.stats import counters
+
+log = logging.getLogger("mailwarden.policy")
+
+# What each phase may answer; anything else is a script error.
+ALLOWED: dict[str, tuple[type, ...]] = {
+    "connect": (Accept, Reject, Defer),
+    "helo": (Accept, Reject, Defer),
+    "auth": (Accept, Reject, Defer),
+    "mail_from": (Accept, Reject, Defer),
+    "rcpt_to": (Accept, Reject, Defer),
+    "data": (Accept, Queue, Hold, Discard, Reject, Defer),
+    "vrfy": (Accept, Reject, Defer),
+    "disconnect": (),
+}
+
+
+class HookFailed(Exception):
+    """The hook raised, timed out or answered nonsense; the caller replies 451 4.3.0."""
+
+
+async def call_hook(
+    script: PolicyScript, name: str, connection_id: str, timeout: float, *args: Any
+) -> Any:
+    """Run hook ``name`` if the script has it. Returns its action (a raised Reject or Defer is
+    returned like a returned one) or None. Raises HookFailed for everything else."""
+    hook = script.hooks.get(name)
+    if hook is None:
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            result = await hook(*args)
+    except (Reject, Defer) as action:
+        result = action
+    except TimeoutError:
+        counters.script_errors += 1
+        log.error("connection %s: hook %s timed out after %.1fs", connection_id, name, timeout)
+        raise HookFailed(name) from None
+    except Exception:
+        counters.script_errors += 1
+        log.exception("connection %s: hook %s raised", connection_id, name)
+        raise HookFailed(name) from None
+    if result is None or name == "disconnect":
+        return None
+    if not isinstance(result, ALLOWED[name]):
+        counters.script_errors += 1
+        log.error(
+            "connection %s: hook %s returned %r; expected one of %s or None",
+            connection_id,
+            name,
+            result,
+            ", ".join(t.__name__ for t in ALLOWED[name]),
+        )
+        raise HookFailed(name)
+    return result
