@@ -1,0 +1,596 @@
+"""One client connection: a thin asyncio Protocol over the sans-I/O core.
+
+Bytes from the socket go into :class:`SmtpConnection`; each event it emits is decided here by
+the policy script (through :mod:`mailwarden.policy.runner`) and the built-in rules that no script
+may switch off (no open relay). Replies are flushed when the core has consumed all pipelined
+input (RFC 2920 §3.2), so a pipelined transaction costs one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from mailwarden.auth.sasl import Challenge, Failed, mechanism_for
+from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
+from mailwarden.policy.context import (
+    AuthIdentity,
+    Connection,
+    Helo,
+    Message,
+    Recipient,
+    RecipientState,
+    Sender,
+    TlsInfo,
+    Transaction,
+)
+from mailwarden.policy.headers import Headers
+from mailwarden.policy.runner import HookFailed, call_hook
+from mailwarden.smtp import events, replies
+from mailwarden.smtp.protocol import AWAITING_TLS, CLOSED, NEED_DATA, Paused, SmtpConnection
+from mailwarden.smtp.replies import Reply
+from mailwarden.spool.errors import SpoolError
+from mailwarden.spool.store import SpooledRecipient, SpoolRecord
+from mailwarden.spool.writer import MessageWriter
+from mailwarden.stats import counters
+
+if TYPE_CHECKING:
+    from mailwarden.smtp.server import SmtpServer
+
+log = logging.getLogger("mailwarden.smtp")
+
+# Stop reading from a client whose unprocessed input exceeds this (a slow hook or a flood):
+# memory per connection stays bounded (flow control, as uvicorn's FlowControl does).
+_HIGH_WATER = 256 * 1024
+
+
+class SmtpSession(asyncio.Protocol):
+    """Failure behaviour: anything unexpected inside a session is logged with the connection id
+    and answered with 421 4.3.0 before closing; it never affects other sessions."""
+
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.script = server.script  # pinned for the connection's life; reloads apply to new ones
+        self.transport: asyncio.Transport | None = None
+        self.core = SmtpConnection(server.protocol_settings)
+        self.conn: Connection | None = None
+        self.tx: Transaction | None = None
+        self.writer: MessageWriter | None = None
+        self.last_activity = 0.0
+        self.busy = False  # a hook or the spool is working: the idle timeout does not run
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._task: asyncio.Task[None] | None = None
+        self._sasl: Any = None
+        self._remote_ip = ""
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        local = transport.get_extra_info("sockname") or ("", 0)
+        self._remote_ip = peer[0]
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            counters.connections_refused += 1
+            transport.write(refusal.encode())
+            transport.close()
+            return
+        counters.connections += 1
+        self.last_activity = self.server.loop.time()
+        self.conn = Connection(
+            id=self.server.next_connection_id(),
+            server_id=self.settings.id,
+            remote_ip=peer[0],
+            remote_port=peer[1],
+            local_ip=local[0],
+            local_port=local[1],
+            trusted=self.server.is_trusted(peer[0]),
+        )
+        self._task = self.server.loop.create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self.core.receive_data(data)
+        self.last_activity = self.server.loop.time()
+        if self.core.buffered_bytes > _HIGH_WATER and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool | None:
+        self.core.receive_data(b"")
+        self._wake()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.core.closed:
+            self.core.receive_data(b"")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_for_input(self) -> None:
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        self._waiter = self.server.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _flush(self) -> None:
+        out = self.core.data_to_send()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
+
+    # --- the session loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self.conn is not None
+        try:
+            await self._greet()
+            core = self.core
+            while True:
+                event = core.next_event()
+                if isinstance(event, Paused):
+                    self._flush()
+                    if event is CLOSED:
+                        break
+                    if event is NEED_DATA:
+                        if self.server.shutting_down and not core.in_transaction:
+                            core.close_with(replies.SERVICE_SHUTTING_DOWN, "shutting down")
+                            continue
+                        await self._wait_for_input()
+                        continue
+                    if event is AWAITING_TLS:
+                        raise RuntimeError("STARTTLS event was not handled")
+                    raise RuntimeError(f"core paused with {event}")
+                handler = _HANDLERS[type(event)]
+                await handler(self, event)
+        except Exception:
+            log.exception("connection %s: internal error", self.conn.id)
+            if not self.core.closed:
+                self.core.close_with(replies.LOCAL_ERROR.with_text("Internal error"), "error")
+            self._flush()
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.server.forget(self)
+        assert self.conn is not None
+        with contextlib.suppress(HookFailed):
+            await call_hook(
+                self.script,
+                "disconnect",
+                self.conn.id,
+                self.settings.limits.hook_timeout,
+                self.conn,
+            )
+
+    async def _hook(self, name: str, *args: Any) -> Any:
+        assert self.conn is not None
+        self.busy = True
+        try:
+            return await call_hook(
+                self.script, name, self.conn.id, self.settings.limits.hook_timeout, *args
+            )
+        finally:
+            self.busy = False
+            self.last_activity = self.server.loop.time()
+
+    def _refuse(self, action: Reject | Defer) -> None:
+        self.core.send_reply(action.reply, disconnect=action.disconnect)
+
+    # --- phases ----------------------------------------------------------------------------
+
+    async def _greet(self) -> None:
+        assert self.conn is not None
+        banner = self.settings.greeting_banner
+        hostname = self.server.protocol_settings.hostname
+        try:
+            action = await self._hook("connect", self.conn)
+        except HookFailed:
+            self.core.send_greeting(replies.SERVICE_SHUTTING_DOWN.with_text("Try again later"))
+            return
+        if isinstance(action, Reject | Defer):
+            reply = action.reply
+            if reply.code != 554 and reply.is_permanent:
+                reply = Reply(554, reply.enhanced, reply.text, reply.lines)
+            elif reply.is_transient and reply.code != 421:
+                reply = Reply(421, reply.enhanced, reply.text, reply.lines)
+            self.core.send_greeting(reply)
+            return
+        if isinstance(action, Accept) and action.text:
+            banner = action.text
+        self.core.send_greeting(replies.greeting(hostname, banner))
+
+    async def _on_helo(self, event: events.Helo) -> None:
+        assert self.conn is not None
+        try:
+            action = await self._hook("helo", self.conn, Helo(event.name, event.extended))
+        except HookFailed:
+            self.core.send_reply(replies.SCRIPT_ERROR)
+            return
+        if isinstance(action, Reject | Defer):
+            self._refuse(action)
+            return
+        self.conn.helo_name = event.name
+        self.conn.esmtp = event.extended
+        self.core.accept()
+
+    async def _on_starttls(self, event: events.StartTls) -> None:
+        self._flush()  # the 220 must reach the client before the handshake starts
+        assert self.transport is not None and self.conn is not None
+        try:
+            new_transport = await self.server.loop.start_tls(
+                self.transport,
+                self,
+                self.server.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=self.settings.limits.command_timeout,
+            )
+        except (TimeoutError, OSError, ConnectionError) as error:
+            log.info("connection %s: TLS handshake failed: %s", self.conn.id, error)
+            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        except Exception as error:  # ssl.SSLError and friends
+            log.info("connection %s: TLS handshake failed: %s", self.conn.id, error)
+            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
+            self.transport.abort()
+            return
+        if new_transport is None:
+            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
+            return
+        self.transport = new_transport
+        ssl_object = new_transport.get_extra_info("ssl_object")
+        cipher = ssl_object.cipher() if ssl_object is not None else None
+        peer_cert = ssl_object.getpeercert() if ssl_object is not None else None
+        subject = None
+        if peer_cert:
+            subject = ", ".join(
+                "=".join(item) for rdn in peer_cert.get("subject", ()) for item in rdn
+            )
+        self.conn.tls = TlsInfo(
+            protocol=ssl_object.version() if ssl_object is not None else "",
+            cipher=cipher[0] if cipher else "",
+            bits=cipher[2] if cipher else 0,
+            peer_certificate_subject=subject,
+        )
+        self.conn.helo_name = None
+        self.core.tls_established()
+
+    async def _on_auth(self, event: events.AuthRequest | events.AuthResponse) -> None:
+        assert self.conn is not None
+        if isinstance(event, events.AuthRequest):
+            self._sasl = mechanism_for(event.mechanism)
+            step = self._sasl.step(event.initial_response)
+        else:
+            step = self._sasl.step(event.data)
+        if isinstance(step, Challenge):
+            self.core.send_auth_challenge(step.data)
+            return
+        self._sasl = None
+        if isinstance(step, Failed):
+            self.core.send_reply(step.reply)
+            return
+        try:
+            action = await self._hook("auth", self.conn, step)
+        except HookFailed:
+            self.core.send_reply(replies.AUTH_TEMPORARY_FAILURE)
+            return
+        if isinstance(action, Accept):
+            self.conn.auth = AuthIdentity(step.username, step.mechanism)
+            self.core.send_reply(replies.AUTH_SUCCEEDED)
+            return
+        counters.auth_failures += 1
+        # Slow down guessing: each failure on this connection waits longer before the answer.
+        await asyncio.sleep(self.core.auth_failure_delay() + 0.25)
+        if isinstance(action, Reject | Defer):
+            self._refuse(action)
+        else:
+            self.core.send_reply(replies.AUTH_FAILED)
+
+    async def _on_mail(self, event: events.MailFrom) -> None:
+        assert self.conn is not None
+        self.tx = Transaction(id=self.server.next_message_id())
+        sender = Sender(str(event.path.address), dict(event.path.parameters))
+        try:
+            action = await self._hook("mail_from", self.conn, self.tx, sender)
+        except HookFailed:
+            self.tx = None
+            self.core.send_reply(replies.SCRIPT_ERROR)
+            return
+        if isinstance(action, Reject | Defer):
+            self.tx = None
+            self._refuse(action)
+            return
+        reply = replies.SENDER_OK
+        if isinstance(action, Accept):
+            if action.sender is not None:
+                sender.address = action.sender
+            self.tx.metadata.update(action.metadata)
+            if action.text:
+                reply = reply.with_text(action.text)
+        self.tx.sender = sender
+        self.core.send_reply(reply)
+
+    def _relay_refusal(self, recipient: Recipient, domain: str) -> Reply | None:
+        """The built-in anti-relay rule, which no script can switch off: untrusted,
+        unauthenticated clients may only send to the local domains (and to postmaster)."""
+        assert self.conn is not None
+        if self.conn.trusted or self.conn.auth is not None:
+            return None
+        if not domain:
+            return None  # <postmaster>, which RFC 5321 §4.5.1 requires us to accept
+        if domain.lower().rstrip(".") not in self.server.local_domains:
+            return replies.RELAY_DENIED
+        local = recipient.address.rpartition("@")[0]
+        if local.startswith('"') or any(char in local for char in "%!@"):
+            return replies.ROUTING_REFUSED
+        return None
+
+    async def _on_rcpt(self, event: events.RcptTo) -> None:
+        assert self.conn is not None and self.tx is not None
+        address = event.path.address
+        recipient = Recipient(str(address), dict(event.path.parameters))
+        refusal = self._relay_refusal(recipient, address.domain)
+        if refusal is not None:
+            self.core.send_reply(refusal)
+            return
+        try:
+            action = await self._hook("rcpt_to", self.conn, self.tx, recipient)
+        except HookFailed:
+            self.core.send_reply(replies.SCRIPT_ERROR)
+            return
+        if isinstance(action, Reject | Defer):
+            self._refuse(action)
+            return
+        reply = replies.RECIPIENT_OK
+        if isinstance(action, Accept):
+            if action.recipient is not None:
+                recipient.address = action.recipient
+            recipient.metadata.update(action.metadata)
+            if action.text:
+                reply = reply.with_text(action.text)
+        self.tx.recipients.append(recipient)
+        self.core.send_reply(reply)
+
+    async def _on_message_start(self, event: events.MessageStart) -> None:
+        assert self.tx is not None
+        store = self.server.spool
+        self.writer = MessageWriter(
+            self.tx.id, store.spill_path(self.tx.id), self.server.spool_settings.memory_threshold
+        )
+        self.writer.write(self._received_header(event.chunking))
+
+    async def _on_message_data(self, event: events.MessageData) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.write(event.data)
+        except SpoolError as error:
+            assert self.conn is not None
+            log.error("connection %s: spool write failed: %s", self.conn.id, error)
+            counters.spool_errors += 1
+            self.writer.error = error.reply
+
+    async def _on_message_complete(self, event: events.MessageComplete) -> None:
+        assert self.conn is not None and self.tx is not None
+        writer, self.writer = self.writer, None
+        assert writer is not None
+        try:
+            action = await self._end_of_data(writer)
+        finally:
+            writer.discard()  # closes a spill file; a committed file was already handed over
+        self.tx = None
+        if isinstance(action, Reject | Defer):
+            counters.messages_rejected += 1
+            self._refuse(action)
+        else:
+            self.core.send_reply(action)
+
+    async def _end_of_data(self, writer: MessageWriter) -> Reply | Reject | Defer:
+        """Decide on and store a complete message; the reply (or refusal) to send."""
+        assert self.conn is not None and self.tx is not None
+        if writer.error is not None:
+            counters.messages_rejected += 1
+            return writer.error
+        headers = Headers.parse(writer.header_block())
+        message = Message(headers, writer.body_size, writer.open_body)
+        try:
+            action = await self._hook("data", self.conn, self.tx, message)
+        except HookFailed:
+            return replies.SCRIPT_ERROR
+        if isinstance(action, Reject | Defer):
+            return action
+        text: str | None = None
+        if isinstance(action, Hold):
+            for recipient in self.tx.recipients:
+                if recipient.state is RecipientState.ACTIVE:
+                    recipient.hold(action.reason)
+        elif isinstance(action, Discard):
+            for recipient in self.tx.recipients:
+                recipient.discard(action.reason)
+        elif isinstance(action, Queue | Accept):
+            for recipient in self.tx.recipients:
+                recipient.metadata.update(action.metadata)
+            text = action.text
+        kept = [r for r in self.tx.recipients if r.state is not RecipientState.DISCARDED]
+        if not kept:
+            counters.messages_discarded += 1
+            log.info("%s: discarded (%s)", self.tx.id, self.tx.recipients[0].reason)
+            return replies.MESSAGE_DISCARDED
+        record = self._record(writer, headers, kept)
+        self.busy = True
+        try:
+            await self.server.spool.commit(record)
+        except SpoolError as error:
+            counters.spool_errors += 1
+            log.error("%s: not queued: %s", self.tx.id, error)
+            return error.reply
+        finally:
+            self.busy = False
+            self.last_activity = self.server.loop.time()
+        writer.close_file()
+        held = all(r.state is RecipientState.HELD for r in kept)
+        if held:
+            counters.messages_held += 1
+        else:
+            counters.messages_queued += 1
+        log.info(
+            "%s: %s from=<%s> nrcpt=%d size=%d client=%s",
+            self.tx.id,
+            "held" if held else "queued",
+            record.sender,
+            len(kept),
+            record.size,
+            self.conn.remote_ip,
+        )
+        if text:
+            return replies.MESSAGE_QUEUED.with_text(text)
+        return replies.MESSAGE_QUEUED.with_text(f"Message queued as {self.tx.id}")
+
+    def _record(
+        self, writer: MessageWriter, headers: Headers, kept: list[Recipient]
+    ) -> SpoolRecord:
+        assert self.conn is not None and self.tx is not None and self.tx.sender is not None
+        header_bytes = headers.to_bytes()
+        if writer.has_separator:
+            header_bytes += b"\r\n"
+        body = writer.memory_body()
+        conn = self.conn
+        return SpoolRecord(
+            id=self.tx.id,
+            server_id=conn.server_id,
+            received_at=time.time(),
+            sender=self.tx.sender.address,
+            sender_params=self.tx.sender.params,
+            client_ip=conn.remote_ip,
+            client_port=conn.remote_port,
+            helo=conn.helo_name,
+            tls=(
+                {"protocol": conn.tls.protocol, "cipher": conn.tls.cipher, "bits": conn.tls.bits}
+                if conn.tls
+                else None
+            ),
+            auth=(
+                {"username": conn.auth.username, "mechanism": conn.auth.mechanism}
+                if conn.auth
+                else None
+            ),
+            metadata=self.tx.metadata,
+            headers=header_bytes,
+            body=body,
+            body_file=None if body is not None else writer.spill_path,
+            body_fd=writer.spill_fd,
+            size=len(header_bytes) + writer.body_size,
+            recipients=[
+                SpooledRecipient(r.address, r.params, r.metadata, r.state.value, r.reason)
+                for r in kept
+            ],
+        )
+
+    def _received_header(self, chunking: bool) -> bytes:
+        """The trace field of RFC 5321 §4.4, protocol names from RFC 3848."""
+        conn, tx = self.conn, self.tx
+        assert conn is not None and tx is not None
+        protocol = "ESMTP" if conn.esmtp else "SMTP"
+        if conn.esmtp:
+            if self.core.utf8_transaction:
+                protocol = "UTF8SMTP"
+            if conn.tls:
+                protocol += "S"
+            if conn.auth:
+                protocol += "A"
+        helo = replies.quote_for_reply(conn.helo_name or "unknown", 255)
+        ip = conn.remote_ip
+        literal = f"IPv6:{ip}" if ":" in ip else ip
+        lines = [f"Received: from {helo} ([{literal}])"]
+        lines.append(f"\tby {self.server.protocol_settings.hostname} (Mailwarden)")
+        if conn.tls:
+            lines.append(
+                f"\t(using {conn.tls.protocol} with cipher {conn.tls.cipher}"
+                f" ({conn.tls.bits} bits))"
+            )
+        lines.append(f"\twith {protocol} id {tx.id}")
+        if len(tx.recipients) == 1:
+            lines.append(f"\tfor <{tx.recipients[0].address}>")
+        lines[-1] += f"; {formatdate(localtime=True)}"
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+    async def _on_message_aborted(self, event: events.MessageAborted) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        counters.messages_rejected += 1
+        self.tx = None
+
+    async def _on_reset(self, event: events.TransactionReset) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+            self.writer = None
+        self.tx = None
+
+    async def _on_vrfy(self, event: events.Vrfy) -> None:
+        assert self.conn is not None
+        try:
+            action = await self._hook("vrfy", self.conn, event.argument)
+        except HookFailed:
+            self.core.send_reply(replies.SCRIPT_ERROR)
+            return
+        if isinstance(action, Reject | Defer):
+            self._refuse(action)
+        elif isinstance(action, Accept):
+            self.core.send_reply(Reply(250, "2.1.5", action.text or event.argument))
+        else:
+            self.core.accept()
+
+    async def _on_closing(self, event: events.ConnectionClosing) -> None:
+        self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # --- server-initiated ------------------------------------------------------------------
+
+    def expire(self, reply: Reply, reason: str) -> None:
+        """Close from outside (idle timeout, shutdown grace over): reply, then hang up."""
+        self.core.close_with(reply, reason)
+        self._wake()
+        if self.busy and self.transport is not None:
+            self._flush()
+            self.transport.close()
+
+
+_HANDLERS: dict[type, Any] = {
+    events.Helo: SmtpSession._on_helo,
+    events.StartTls: SmtpSession._on_starttls,
+    events.AuthRequest: SmtpSession._on_auth,
+    events.AuthResponse: SmtpSession._on_auth,
+    events.MailFrom: SmtpSession._on_mail,
+    events.RcptTo: SmtpSession._on_rcpt,
+    events.MessageStart: SmtpSession._on_message_start,
+    events.MessageData: SmtpSession._on_message_data,
+    events.MessageComplete: SmtpSession._on_message_complete,
+    events.MessageAborted: SmtpSession._on_message_aborted,
+    events.TransactionReset: SmtpSession._on_reset,
+    events.Vrfy: SmtpSession._on_vrfy,
+    events.ConnectionClosing: SmtpSession._on_closing,
+}
