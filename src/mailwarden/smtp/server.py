@@ -82,6 +82,7 @@ class SmtpServer:
         self.ssl_context = ssl_context
         self.local_domains = frozenset(d.lower().rstrip(".") for d in settings.local_domains)
         self.trusted_networks = [ipaddress.ip_network(n) for n in settings.trusted_networks]
+        self._trusted_cache: dict[str, bool] = {}
 
     # --- sockets ---------------------------------------------------------------------------
 
@@ -144,6 +145,14 @@ class SmtpServer:
                 del self.per_ip[ip]
 
     def is_trusted(self, ip: str) -> bool:
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            if len(self._trusted_cache) > 65536:
+                self._trusted_cache.clear()
+            trusted = self._trusted_cache[ip] = self._in_trusted_networks(ip)
+        return trusted
+
+    def _in_trusted_networks(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,12 +30,13 @@ class MessageWriter:
     def __init__(
         self,
         message_id: str,
-        spill_path: Path,
+        spill_path_for: Callable[[str], Path],
         memory_threshold: int,
         max_header_bytes: int = MAX_HEADER_BYTES,
     ) -> None:
         self.message_id = message_id
-        self.spill_path = spill_path
+        self._spill_path_for = spill_path_for
+        self._spill_path: Path | None = None
         self._threshold = memory_threshold
         self._max_header = max_header_bytes
         self._header = bytearray()
@@ -44,6 +46,13 @@ class MessageWriter:
         self._fd: int | None = None
         self.body_size = 0
         self.error: Reply | None = None
+
+    @property
+    def spill_path(self) -> Path:
+        """Where the body goes once it outgrows memory (computed only for large messages)."""
+        if self._spill_path is None:
+            self._spill_path = self._spill_path_for(self.message_id)
+        return self._spill_path
 
     @property
     def spilled(self) -> bool:
