@@ -48,7 +48,10 @@ async def call_hook(
         counters.script_errors += 1
         log.error("connection %s: hook %s timed out after %.1fs", connection_id, name, timeout)
         raise HookFailed(name) from None
-    except Exception:
+    # SystemExit and KeyboardInterrupt too: a script's sys.exit() or exit() would otherwise
+    # escape the session task and stop the whole worker (asyncio re-raises them from tasks).
+    # Real SIGINT never lands here: the node handles it with a loop signal handler.
+    except (Exception, SystemExit, KeyboardInterrupt):
         counters.script_errors += 1
         log.exception("connection %s: hook %s raised", connection_id, name)
         raise HookFailed(name) from None

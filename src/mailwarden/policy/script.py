@@ -67,15 +67,23 @@ def load_script(path: Path) -> PolicyScript:
     if spec is None or spec.loader is None:
         raise ScriptError(f"{path}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
+    # Registered while its top level runs, as a normal import is: dataclasses look the module
+    # up in sys.modules (a @dataclass under `from __future__ import annotations` fails to load
+    # without it). Unregistered right after, so reloads do not pile up modules there.
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except SyntaxError as error:
         raise ScriptError(f"{path}:{error.lineno}: syntax error: {error.msg}") from None
-    except Exception as error:  # the script's own code failed at import time
+    # SystemExit too: a script calling sys.exit() at import time must not stop a reload
+    # (or the worker doing it); it is a load error like any other.
+    except (Exception, SystemExit) as error:  # the script's own code failed at import time
         line = _line_in(path, error)
         raise ScriptError(
             f"{path}:{line}: import failed: {type(error).__name__}: {error}"
         ) from None
+    finally:
+        sys.modules.pop(name, None)
     hooks: dict[str, Hook] = {}
     for hook_name, parameters in HOOK_PARAMETERS.items():
         candidate = getattr(module, hook_name, None)
