@@ -1,0 +1,1 @@
+"""Shared test helpers: start a real ``mailwarden run`` process and talk to it over sockets."""

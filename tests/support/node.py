@@ -1,0 +1,144 @@
+"""A real Mailwarden node in a subprocess, configured from a TOML string, on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, timeout: float = 15.0, process: subprocess.Popen | None = None
+) -> None:
+    """Wait until something accepts on 127.0.0.1:port; fail early if ``process`` exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"mailwarden exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.recv(1024)  # consume the greeting so the server sees a clean close
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+@dataclass
+class Node:
+    """A running node. ``log()`` returns what it wrote to stderr so far."""
+
+    directory: Path
+    config_path: Path
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    extra_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def spool(self) -> Path:
+        return self.directory / "data" / "spool"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """kill -9 the whole process group (supervisor and workers)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def mailwarden(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run a CLI command against this node's configuration."""
+        return run_cli(*args, "--config", str(self.config_path))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mailwarden.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def write_config(directory: Path, port: int, body: str = "", server: str = "") -> Path:
+    """A config with one server ``inbound`` on ``port``; ``server`` adds keys to that server,
+    ``body`` appends more tables (e.g. ``[servers.limits]``) after it."""
+    text = textwrap.dedent(
+        f"""
+        [node]
+        data_dir = "data"
+        workers = 1
+        shutdown_grace = 5
+        hostname = "mx.test.example"
+
+        [[servers]]
+        id = "inbound"
+        listen = ["127.0.0.1:{port}"]
+        local_domains = ["example.org"]
+        """
+    )
+    text += textwrap.dedent(server) + "\n" + textwrap.dedent(body)
+    path = directory / "mailwarden.toml"
+    path.write_text(text)
+    return path
+
+
+@contextmanager
+def running_node(
+    directory: Path,
+    *,
+    server: str = "",
+    body: str = "",
+    port: int | None = None,
+    wait: bool = True,
+) -> Iterator[Node]:
+    """Start ``mailwarden run`` with a generated config in ``directory``; stop it afterwards."""
+    port = port or free_port()
+    config_path = write_config(directory, port, body=body, server=server)
+    log_path = directory / "mailwarden.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
+            cwd=directory,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group, so kill() reaches every worker
+        )
+    node = Node(directory, config_path, port, process, log_path)
+    try:
+        if wait:
+            wait_for_port(port, process=process)
+        yield node
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.kill()
