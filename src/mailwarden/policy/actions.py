@@ -10,19 +10,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden.smtp.address import parse_mailbox
 from mailwarden.smtp.replies import Reply
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
     """Say yes. At MAIL or RCPT, ``sender``/``recipient`` rewrite the address; ``metadata`` is
-    stored with the recipient (RCPT) or every recipient (MAIL, DATA) for the delivery phase;
-    ``text`` replaces the reply text (the code stays 2xx)."""
+    stored with the transaction (MAIL), the recipient (RCPT) or every recipient (DATA) for the
+    delivery phase; ``text`` replaces the reply text (the code stays 2xx).
+
+    Raises ValueError if a rewritten address breaks the RFC 5321 mailbox grammar."""
 
     text: str | None = None
     sender: str | None = None
     recipient: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A rewritten address goes to the spool and later into the MAIL/RCPT commands of
+        # delivery: without this check, a script bug (or data it copied from a header) could
+        # put CR/LF or junk into the envelope. "" (null sender) and bare postmaster are valid.
+        if self.sender:
+            parse_mailbox(self.sender, utf8=True)
+        if self.recipient is not None and self.recipient.lower() != "postmaster":
+            parse_mailbox(self.recipient, utf8=True)
 
 
 class _ReplyAction(Exception):
