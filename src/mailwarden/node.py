@@ -130,6 +130,7 @@ def run(config_path: str | None) -> int:
     a clean stop, 1 when the configuration, a script or a listener address is unusable."""
     config = load_config(config_path)
     _configure_logging(config.node.log_level)
+    config.check_files()  # a missing script, certificate or key: fail now, naming the key
     load_scripts(config)  # fail before forking, with the file and line
     Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
     pid_path = pid_file(config)

@@ -94,11 +94,10 @@ def config_check(config: ConfigOption = None) -> None:
 
     settings = _load(config)
     problems: list[str] = []
-    for server in settings.servers:
-        try:
-            server.check_files()
-        except ConfigError as error:
-            problems.extend(error.problems)
+    try:
+        settings.check_files()
+    except ConfigError as error:
+        problems.extend(error.problems)
     try:
         load_scripts(settings)
     except ScriptError as error:
