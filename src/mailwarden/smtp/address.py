@@ -103,6 +103,9 @@ def is_address_literal(text: str) -> bool:
         return False
     inner = text[1:-1]
     if inner[:5].lower() == "ipv6:":
+        if "%" in inner:
+            # ipaddress accepts a zone id ("fe80::1%eth0"); RFC 5321 IPv6-addr has none.
+            return False
         try:
             ipaddress.IPv6Address(inner[5:])
         except ValueError:
@@ -129,7 +132,7 @@ def is_valid_helo_argument(text: str) -> bool:
 
 def parse_mailbox(text: str, *, utf8: bool = False, limits: Limits = Limits()) -> Address:
     """Parse ``local-part@domain``; raises AddressError naming the broken part."""
-    at = text.rfind("@")
+    at = _local_part_end(text)
     if at <= 0:
         raise AddressError(replies.SYNTAX_ERROR_PARAMETERS.with_text("Address has no domain"))
     local, domain = text[:at], text[at + 1 :]
@@ -148,14 +151,49 @@ def parse_mailbox(text: str, *, utf8: bool = False, limits: Limits = Limits()) -
     return Address(local, domain)
 
 
+def _local_part_end(text: str) -> int:
+    """Index of the ``@`` that ends the local part, or -1.
+
+    The local part is a dot-string (no ``@``) or a quoted string (which may hold one), and a
+    general address literal may hold ``@`` too (RFC 5321 §4.1.3 dcontent), so neither the
+    first nor the last ``@`` of the text will do.
+    """
+    if not text.startswith('"'):
+        return text.find("@")
+    escaped = False
+    for index in range(1, len(text)):
+        char = text[index]
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return index + 1 if text[index + 1 : index + 2] == "@" else -1
+    return -1
+
+
+def mail_parameters(argument: str) -> dict[str, str | None]:
+    """The parameters of a MAIL/RCPT argument, or ``{}`` when the argument does not parse.
+
+    Used to learn whether SMTPUTF8 was asked for before the address itself is parsed.
+    """
+    try:
+        _, param_text = _split_path(argument.lstrip(" "))
+        return parse_parameters(param_text, utf8=True)
+    except AddressError:
+        return {}
+
+
 def _split_path(argument: str) -> tuple[str, str]:
     """Split ``<path> params`` into the path text (without brackets) and the parameter text.
 
-    The closing bracket is the first ``>`` outside a quoted local part.
+    The closing bracket is the first ``>`` outside a quoted local part and outside an
+    address literal (RFC 5321 §4.1.3: a general literal's dcontent may hold ``>``).
     """
     if not argument.startswith("<"):
         raise AddressError(replies.SYNTAX_ERROR_PARAMETERS.with_text("Address must be in <>"))
     in_quotes = False
+    in_literal = False
     escaped = False
     for index in range(1, len(argument)):
         char = argument[index]
@@ -163,9 +201,13 @@ def _split_path(argument: str) -> tuple[str, str]:
             escaped = False
         elif char == "\\" and in_quotes:
             escaped = True
-        elif char == '"':
+        elif char == '"' and not in_literal:
             in_quotes = not in_quotes
-        elif char == ">" and not in_quotes:
+        elif char == "[" and not in_quotes:
+            in_literal = True
+        elif char == "]" and not in_quotes:
+            in_literal = False
+        elif char == ">" and not in_quotes and not in_literal:
             rest = argument[index + 1 :]
             if rest and not rest.startswith(" "):
                 raise AddressError(

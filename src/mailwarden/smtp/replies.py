@@ -61,12 +61,19 @@ class Reply:
         return ("\r\n".join(out) + "\r\n").encode("utf-8", "replace")
 
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 (NEL U+0085 is a line break to some readers) and the Unicode line/paragraph
+# separators: none may appear inside a reply line (RFC 5321 §4.2: text is printable).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def sanitize_text(text: str) -> str:
     """Make text safe to place in a reply line: no CR, LF or other controls (no reply splitting)."""
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _UNSAFE.sub(lambda m: _escape(m.group()), text)
 
 
 def quote_for_reply(raw: bytes | str, limit: int = 64) -> str:
