@@ -23,6 +23,7 @@ from mailwarden.smtp.address import (
     Limits,
     Path,
     is_valid_helo_argument,
+    mail_parameters,
     parse_path,
     parse_xtext,
 )
@@ -89,6 +90,14 @@ _RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 # RFC 4954 §4: AUTH lines (command with initial response, or an answer) up to 12288 octets.
 _AUTH_LINE_LIMIT = 12288
 _DATA_END = b"\r\n.\r\n"
+# Which content error a refused message reports when it broke several rules (lower wins):
+# smuggling first, as it is the one an operator must be able to find in the logs.
+_DATA_ERROR_RANK = {
+    "bare CR or LF in data": 0,
+    "NUL in data": 1,
+    "line too long": 2,
+    "message too big": 3,
+}
 
 
 class _Handled(enum.Enum):
@@ -181,6 +190,12 @@ class SmtpConnection:
     def _close(self, reply: Reply | None, reason: str) -> None:
         if reply is not None:
             self._reply(reply)
+        if self._message_open and not isinstance(self._awaiting, events.MessageComplete):
+            # A message cut off by the close (client EOF, timeout, shutdown) must never be
+            # queued: tell the server to discard what it stored (RFC 5321 §4.1.1.4, the
+            # message is only accepted at end of data).
+            self._pending.append(events.MessageAborted(f"connection closed: {reason}"))
+            self._reset_transaction()
         self._state = _State.CLOSED
         self._inbuf.clear()
         self._pending.append(events.ConnectionClosing(reason))
@@ -198,6 +213,8 @@ class SmtpConnection:
 
     def send_greeting(self, reply: Reply) -> None:
         """Send the 220 greeting, or a 421/554 refusal chosen by the connect policy."""
+        if self._state is _State.CLOSED:
+            return  # the client left while the connect policy ran: nothing to greet
         if self._state is not _State.BEFORE_GREETING:
             raise RuntimeError("greeting already sent")
         if self._inbuf and self.settings.reject_early_talkers:
@@ -234,17 +251,18 @@ class SmtpConnection:
         if self._state is _State.CLOSED:
             return
         if not data:
-            self._state = _State.CLOSED
-            self._inbuf.clear()
-            self._pending.append(events.ConnectionClosing("client closed the connection"))
+            self._close(None, "client closed the connection")
             return
         if self._state is _State.AWAITING_TLS:
             # RFC 3207 §4.2 / CVE-2011-0411: plaintext pipelined after STARTTLS is discarded.
             return
-        self._inbuf += data
         if self._state is _State.BEFORE_GREETING and self.settings.reject_early_talkers:
-            # Nothing is parsed before the greeting; send_greeting will see the early bytes.
+            # Nothing is parsed before the greeting; send_greeting only needs to know that
+            # something came, so keep one byte and let memory stay bounded.
+            if not self._inbuf:
+                self._inbuf += data[:1]
             return
+        self._inbuf += data
 
     def next_event(self) -> events.Event | Paused:
         """The next event, or why there is none. Call until it returns a ``Paused`` value."""
@@ -300,13 +318,22 @@ class SmtpConnection:
             return None
         line = bytes(buf[:newline])
         del buf[: newline + 1]
-        if self._skipping_line:
+        if self._skipping_line or newline > self._buffer_limit:
+            # The same verdict whether the line came whole or in pieces: a line that would
+            # have overflowed the buffer is too long, whatever it contains.
             self._skipping_line = False
             self._error(replies.LINE_TOO_LONG)
             return HANDLED
         if not line.endswith(b"\r"):
             self._error(
                 replies.SYNTAX_ERROR_PARAMETERS.with_text("Bare LF in command; end lines with CRLF")
+            )
+            return HANDLED
+        if b"\r" in line[:-1]:
+            # RFC 5321 §2.3.8: CR and LF only ever travel together as the line terminator;
+            # a bare CR inside a command could hide a second command from a proxy.
+            self._error(
+                replies.SYNTAX_ERROR_PARAMETERS.with_text("Bare CR in command; end lines with CRLF")
             )
             return HANDLED
         return line[:-1]
@@ -345,6 +372,10 @@ class SmtpConnection:
         positive = reply.code < 400
         if isinstance(event, events.Helo):
             if positive:
+                # RFC 5321 §4.1.4: only an EHLO/HELO the server accepts clears the transaction
+                # "as if RSET"; a refused one leaves it as it was.
+                if self.in_transaction or self._message_open:
+                    self._pending.append(events.TransactionReset())
                 self._reset_transaction()
                 self.helo_name = event.name
                 self.extended = event.extended
@@ -438,8 +469,6 @@ class SmtpConnection:
         if " " in name or not is_valid_helo_argument(name):
             self._error(replies.BAD_HELO_ARGUMENT)
             return
-        if self.in_transaction or self._message_open:
-            self._pending.append(events.TransactionReset())
         self._await(events.Helo(name, extended))
 
     def _cmd_ehlo(self, argument: str) -> None:
@@ -480,7 +509,8 @@ class SmtpConnection:
             )
         size = params.get("SIZE")
         if "SIZE" in params:
-            if size is None or not size.isdigit() or len(size) > 20:
+            # RFC 1870 §4: size-value is 1*20DIGIT, ASCII digits only ("²".isdigit() is True).
+            if size is None or not _is_ascii_number(size, 20):
                 return replies.SYNTAX_ERROR_PARAMETERS.with_text("SIZE needs a number")
             if int(size) > self.settings.max_message_size:
                 return replies.MESSAGE_TOO_BIG_FOR_SIZE
@@ -507,8 +537,10 @@ class SmtpConnection:
     def _parse_path(self, argument: str, *, sender: bool) -> Path | None:
         utf8 = self.utf8_transaction
         if sender and not argument.isascii():
-            upper = argument.upper()
-            utf8 = " SMTPUTF8" in upper and (upper.endswith(" SMTPUTF8") or " SMTPUTF8 " in upper)
+            # RFC 6531 §3.4: non-ASCII is allowed only with the SMTPUTF8 *parameter*; look
+            # for it among the parsed parameters, not as text (it could sit in a quoted
+            # local part).
+            utf8 = "SMTPUTF8" in mail_parameters(argument)
         if not argument.isascii() and not utf8:
             self._error(replies.EIGHT_BIT_WITHOUT_SMTPUTF8)
             return None
@@ -596,7 +628,8 @@ class SmtpConnection:
 
     def _cmd_bdat(self, argument: str) -> None:
         parts = argument.split(" ")
-        bad_size = not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > 18
+        # RFC 3030 §2: chunk-size is 1*DIGIT (ASCII; "²".isdigit() is True but int() fails).
+        bad_size = not 1 <= len(parts) <= 2 or not _is_ascii_number(parts[0], 18)
         if bad_size or (len(parts) == 2 and parts[1].upper() != "LAST"):
             # Without a size we cannot tell where the chunk ends, and its bytes must never be
             # read as commands: answer and hang up.
@@ -717,40 +750,47 @@ class SmtpConnection:
     # --- message content -----------------------------------------------------------------------
 
     def _emit_content(self, chunk: bytes) -> None:
-        if self._data_error is not None or not chunk:
+        if not chunk:
             return
+        # Count every octet, even after another error, so that the verdict does not depend
+        # on how the client's bytes were split into packets.
         self._message_size += len(chunk)
         if self._message_size > self.settings.max_message_size:
             self._fail_data(replies.MESSAGE_TOO_BIG, "message too big")
-            return
-        self._pending.append(events.MessageData(chunk))
+        if self._data_error is None:
+            self._pending.append(events.MessageData(chunk))
 
     def _fail_data(self, reply: Reply, reason: str) -> None:
-        if self._data_error is None:
+        """Remember why the message will be refused at its end.
+
+        When content breaks several rules, the most serious one is reported, whatever order
+        the bytes arrived in (so a message fed whole or one byte at a time gets one answer).
+        """
+        rank = _DATA_ERROR_RANK[reason]
+        if self._data_error is None or rank < _DATA_ERROR_RANK[self._data_reason]:
             self._data_error = reply
             self._data_reason = reason
 
     def _check_lines(self, content: bytes) -> None:
-        """Bare CR/LF, NUL and line-length rules for a run of complete DATA lines."""
-        if self._data_error is not None:
-            return
+        """Bare CR/LF, NUL and line-length rules for a run of DATA bytes.
+
+        ``content`` is a run of complete lines, or the start of one overlong line.
+        """
         crlf = content.count(b"\r\n")
         if (content.count(b"\n") != crlf or content.count(b"\r") != crlf) and (
             self.settings.bare_line_endings is BareLineEndings.REJECT
         ):
             self._fail_data(replies.BARE_LINE_ENDING, "bare CR or LF in data")
-            return
         if b"\x00" in content:
             self._fail_data(
                 replies.BARE_LINE_ENDING.with_text("NUL character in message data"), "NUL in data"
             )
-            return
+        # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
         limit = self.settings.max_text_line - 2
         first_end = content.find(b"\r\n")
-        if self._line_length + (first_end if first_end >= 0 else len(content)) > limit:
-            self._fail_data(replies.DATA_LINE_TOO_LONG, "line too long")
-            return
-        if len(content) > limit and any(len(ln) > limit for ln in content.split(b"\r\n")):
+        if self._line_length + (first_end if first_end >= 0 else len(content)) > limit or (
+            len(content) > limit and any(len(ln) > limit for ln in content.split(b"\r\n"))
+        ):
             self._fail_data(replies.DATA_LINE_TOO_LONG, "line too long")
 
     def _step_data(self) -> bool:
@@ -766,10 +806,14 @@ class SmtpConnection:
             # No terminator yet: take every complete line, keep the tail for the next round.
             last = buf.rfind(b"\r\n")
             if last < 0:
-                limit = self.settings.max_text_line
-                if len(buf) > limit:
-                    # One enormous line: remember the failure, keep only a possible CR.
-                    self._fail_data(replies.DATA_LINE_TOO_LONG, "line too long")
+                if len(buf) > self.settings.max_text_line:
+                    # One enormous line: check and count what is dropped exactly as if the
+                    # line had come whole, and keep only a possible CR of a coming CRLF.
+                    dropped = bytes(buf[:-1])
+                    self._check_lines(dropped)
+                    if self._at_line_start and dropped[:1] == b".":
+                        dropped = dropped[1:]
+                    self._emit_content(dropped)
                     self._line_length += len(buf) - 1
                     self._at_line_start = False
                     del buf[:-1]
@@ -834,6 +878,10 @@ class SmtpConnection:
         self._state = _State.COMMAND
         self._pending.append(events.MessageAborted(reason))
         self._error(reply)
+
+
+def _is_ascii_number(text: str, max_digits: int) -> bool:
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
 
 
 def _decode_base64(text: str) -> bytes | None:
