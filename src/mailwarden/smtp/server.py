@@ -172,6 +172,8 @@ class SmtpServer:
         limits = self.settings.limits
         for session in list(self.sessions):
             if session.busy:
+                if session.hook_deadline and now > session.hook_deadline:
+                    session.expire_hook()
                 continue
             timeout = limits.data_timeout if session.core.in_data else limits.command_timeout
             if now - session.last_activity > timeout:
