@@ -14,6 +14,7 @@ files with no committed row are removed at the next start (:meth:`SpoolStore.ope
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -215,7 +216,12 @@ class SpoolStore:
                 )
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # SQLite rolls the transaction back by itself after some errors (SQLITE_FULL,
+                # SQLITE_IOERR); a second ROLLBACK would then fail with "no transaction is
+                # active" and hide the real error (a full disk answered 4.3.0, not 4.3.1).
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
         except OSError as error:
             raise SpoolError(reply_for_os_error(error), str(error)) from error
