@@ -39,9 +39,10 @@ def build_ssl_context(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificate, key)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # Client certificates are requested but optional: scripts see the subject (conn.tls).
-    context.verify_mode = ssl.CERT_OPTIONAL
-    context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    # No client certificate is requested: asking with CERT_OPTIONAL makes the handshake fail
+    # for clients whose certificate no local CA vouches for (many MTAs send their own), and
+    # opportunistic STARTTLS must not turn into a refusal (RFC 3207 §4.1).
+    context.verify_mode = ssl.CERT_NONE
     return context
 
 
