@@ -885,8 +885,13 @@ def _is_ascii_number(text: str, max_digits: int) -> bool:
 
 
 def _decode_base64(text: str) -> bytes | None:
+    text = text.strip()
+    if len(text) % 4:
+        # RFC 4648 §4: encoded data is a multiple of 4 characters; binascii silently
+        # ignores a stray trailing "=" that RFC 4954 §4 makes a 501.
+        return None
     try:
-        return base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         return None
 
