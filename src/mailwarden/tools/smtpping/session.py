@@ -81,6 +81,7 @@ class ReplyProtocol(asyncio.Protocol):
         self._loop = loop
         self._debug = debug
         self._buffer = b""
+        self._scanned = 0
         self._replies: deque[tuple[int, bytes]] = deque()
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._closed = False
@@ -91,7 +92,8 @@ class ReplyProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
-        position = 0
+        # Lines before _scanned were already looked at (a reply that came in pieces).
+        position = self._scanned
         reply_start = 0
         while True:
             newline = buffer.find(b"\n", position)
@@ -110,6 +112,7 @@ class ReplyProtocol(asyncio.Protocol):
             self._deliver((code, buffer[reply_start:position]))
             reply_start = position
         self._buffer = buffer[reply_start:]
+        self._scanned = position - reply_start
 
     def _deliver(self, reply: tuple[int, bytes]) -> None:
         waiter = self._waiter
