@@ -19,7 +19,7 @@ class Recorder:
         self.envelopes: list[tuple[str, list[str], bool]] = []
         self.client_certificates: list[object] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope) -> str:
         tls = server.transport.get_extra_info("ssl_object")
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos), tls is not None))
         self.client_certificates.append(tls.getpeercert() if tls else None)
@@ -63,7 +63,6 @@ def certificate_authority() -> trustme.CA:
 
 @pytest.fixture
 def tls_files(certificate_authority: trustme.CA, tmp_path: Path) -> dict[str, str]:
-    server_cert = certificate_authority.issue_cert("127.0.0.1", "smtp.example.test")
     ca_file = tmp_path / "ca.pem"
     certificate_authority.cert_pem.write_to_path(str(ca_file))
     return {"ca": str(ca_file)}
