@@ -239,6 +239,9 @@ class SmtpSession(asyncio.Protocol):
             elif reply.is_transient and reply.code != 421:
                 reply = Reply(421, reply.enhanced, reply.text, reply.lines)
             self.core.send_greeting(reply)
+            if action.disconnect and not self.core.closed:
+                # RFC 5321 §3.1 lets a 554 server wait for QUIT; the script asked not to.
+                self.core.receive_data(b"")
             return
         if isinstance(action, Accept) and action.text:
             banner = action.text
@@ -391,6 +394,11 @@ class SmtpSession(asyncio.Protocol):
         if isinstance(action, Accept):
             if action.recipient is not None:
                 recipient.address = action.recipient
+                # A rewrite must not open a relay path the built-in rule just closed.
+                refusal = self._relay_refusal(recipient, action.recipient.rpartition("@")[2])
+                if refusal is not None:
+                    self.core.send_reply(refusal)
+                    return
             recipient.metadata.update(action.metadata)
             if action.text:
                 reply = reply.with_text(action.text)
