@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from . import report
+from .fast import Step, fast_ping, plan_steps
 from .options import Options
 from .session import PingResult, SessionPlan, ping
 from .stats import PHASES, RunStats
@@ -57,6 +58,13 @@ class Run:
     stop_signal: int = signal.SIGINT
     _wake: asyncio.Event | None = None
     _targets: dict[str, Target | None] = field(default_factory=dict)
+    _fast_steps: tuple[Step, ...] | None = None
+
+    def __post_init__(self) -> None:
+        plan = self.plan
+        # Plain SMTP takes the callback state machine; TLS, AUTH and -b the coroutine path.
+        if not (plan.starttls or plan.implicit_tls or plan.auth or plan.bind_address):
+            self._fast_steps = plan_steps(plan)
 
     def stop(self) -> None:
         self.stopping = True
@@ -126,7 +134,10 @@ class Run:
                     if self.stopping:
                         break
                     seq += 1
-                result = await ping(target.sockaddr, target.family, self.plan)
+                if self._fast_steps is not None:
+                    result = await fast_ping(target.sockaddr, self.plan, self._fast_steps)
+                else:
+                    result = await ping(target.sockaddr, target.family, self.plan)
                 connected = result.failure not in ("connect", "bind")
                 if connected and seq == 0:
                     seq = 1

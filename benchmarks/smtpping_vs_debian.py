@@ -1,0 +1,124 @@
+"""Mailwarden's smtpping against Debian's smtpping 1.1.4, in rate mode, on the same peers.
+
+Both meters run ``-r -w 0 -P N -s KiB`` against each peer for the same duration,
+one after the other, then get SIGINT (as a user's Ctrl-C) and are reaped with
+wait4(), whose resource usage covers the meter and every process it forked.
+Reported per meter and peer: messages per second (mean of the whole seconds after
+the first), CPU milliseconds per message, and the ratios ours/Debian.
+
+Peers (see ../shared/peers/README.md): Postfix queue-only on 2601 and Haraka
+discard on 2603; ``--start-peers`` runs their start scripts first.
+
+Usage: python benchmarks/smtpping_vs_debian.py [--duration 10] [--parallel 8] [--start-peers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PEER_SCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+DEBIAN = ["/usr/bin/smtpping"]
+OURS = [sys.executable, "-m", "mailwarden.tools.smtpping.cli"]
+
+
+@dataclass
+class Measurement:
+    meter: str
+    peer: str
+    rate: float  # messages per second, steady state
+    messages: int
+    cpu_s: float
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return self.cpu_s * 1000 / self.messages if self.messages else float("nan")
+
+
+def run_meter(name: str, command: list[str], port: int, args: argparse.Namespace) -> Measurement:
+    """Run one meter for args.duration seconds; fails loudly if it prints no rate."""
+    argv = [
+        *command,
+        *("-r", "-w", "0", "-P", str(args.parallel), "-s", str(args.size)),
+        *("test@example.org", "@127.0.0.1", "-p", str(port)),
+    ]
+    if name == "mailwarden" and args.processes > 1:
+        argv.insert(len(command), f"--processes={args.processes}")
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    time.sleep(args.duration)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.stdout.read().decode() if process.stdout else ""
+    _, _, usage = os.wait4(process.pid, 0)
+    process.returncode = 0  # reaped above; keep Popen from waiting again
+    counts = []
+    for line in output.splitlines():
+        if not line.strip().isdigit():
+            break  # our rate summary follows the per-second lines
+        counts.append(int(line))
+    steady = counts[2:] or counts[1:]  # skip the initial 0 and the warm-up second
+    if not steady:
+        raise SystemExit(f"{name} printed no rate lines: {output!r}")
+    return Measurement(
+        meter=name,
+        peer="",
+        rate=sum(steady) / len(steady),
+        messages=sum(counts),
+        cpu_s=usage.ru_utime + usage.ru_stime,
+    )
+
+
+def start_peers() -> None:
+    subprocess.run(["bash", str(PEER_SCRIPTS / "postfix-queue-only.sh"), "2601"], check=True)
+    subprocess.run(
+        ["bash", str(PEER_SCRIPTS / "haraka-discard.sh"), "2603"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per meter and peer")
+    parser.add_argument("--parallel", type=int, default=8, help="-P workers")
+    parser.add_argument("--size", type=int, default=10, help="message size, KiB")
+    parser.add_argument("--processes", type=int, default=1, help="--processes for ours")
+    parser.add_argument("--peers", default="postfix:2601,haraka:2603", help="name:port,...")
+    parser.add_argument("--start-peers", action="store_true", help="run the peer start scripts")
+    args = parser.parse_args()
+    if args.start_peers:
+        start_peers()
+    results: list[tuple[Measurement, Measurement]] = []
+    for spec in args.peers.split(","):
+        peer, port = spec.split(":")
+        pair = []
+        for name, command in (("debian", DEBIAN), ("mailwarden", OURS)):
+            measurement = run_meter(name, command, int(port), args)
+            measurement.peer = peer
+            pair.append(measurement)
+            time.sleep(2)  # let TIME_WAIT sockets and the peer's queue settle
+        results.append((pair[0], pair[1]))
+    print(
+        f"smtpping -r -w 0 -P {args.parallel} -s {args.size}, {args.duration:.0f} s per run, "
+        f"{os.cpu_count()} CPUs"
+    )
+    header = f"{'peer':<9}{'meter':<12}{'msg/s':>9}{'CPU ms/msg':>12}"
+    print(header)
+    for debian, ours in results:
+        for m in (debian, ours):
+            print(f"{m.peer:<9}{m.meter:<12}{m.rate:>9.0f}{m.cpu_ms_per_message:>12.3f}")
+        print(
+            f"{'':<9}{'ratio':<12}{ours.rate / debian.rate:>8.2f}x"
+            f"{ours.cpu_ms_per_message / debian.cpu_ms_per_message:>11.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
