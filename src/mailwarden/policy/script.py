@@ -8,6 +8,7 @@ or at reload (where the previous script keeps running), not on the first message
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import inspect
 import itertools
@@ -53,6 +54,18 @@ class PolicyScript:
 DEFAULT_SCRIPT = PolicyScript(None)
 
 
+class _FreshSourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles the script from its source every time, never through __pycache__.
+
+    The bytecode cache is validated by the source's mtime (whole seconds) and size only: an edit
+    that keeps the size and lands in the same second as the cached compile (a deploy tool writing
+    the file and sending SIGHUP at once) would silently reload the old code.
+    """
+
+    def get_code(self, fullname: str) -> Any:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
 def load_script(path: Path) -> PolicyScript:
     """Import ``path`` as a fresh module and collect its hooks.
 
@@ -63,7 +76,9 @@ def load_script(path: Path) -> PolicyScript:
     if not path.is_file():
         raise ScriptError(f"{path}: policy script not found")
     name = f"mailwarden_policy_{next(_module_numbers)}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = importlib.util.spec_from_file_location(
+        name, path, loader=_FreshSourceLoader(name, str(path))
+    )
     if spec is None or spec.loader is None:
         raise ScriptError(f"{path}: cannot be loaded as a Python module")
     module = importlib.util.module_from_spec(spec)
