@@ -41,7 +41,9 @@ ConfigOption = Annotated[
     ),
 ]
 
-err = Console(stderr=True)
+# soft_wrap: never hard-wrap messages at the console width (80 columns when stderr is not a
+# terminal), which split "file:line: key: problem" across lines and broke grep and CI logs.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _load(config_path: str | None) -> Config:
