@@ -11,16 +11,19 @@ import re
 import socket
 import sqlite3
 import ssl
+import subprocess
+import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from tests.support.node import Node
+from tests.support.node import Node, free_port, wait_for_port, write_config
 
 from mailwarden.spool.reader import QueuedMessage, iter_messages, read_message_bytes, shard_paths
 
@@ -290,3 +293,30 @@ def limits(**values: object) -> str:
     for key, value in values.items():
         lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def running_edited_node(
+    directory: Path, edit: Callable[[str], str], *, server: str = "", body: str = ""
+) -> Iterator[Node]:
+    """Like ``running_node``, with the generated config text passed through ``edit`` first
+    (for ``[node]`` keys, which ``running_node`` fixes)."""
+    port = free_port()
+    config_path = write_config(directory, port, body=body, server=server)
+    config_path.write_text(edit(config_path.read_text()))
+    log_path = directory / "mailwarden.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
+            cwd=directory,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = Node(directory, config_path, port, process, log_path)
+    try:
+        wait_for_port(port, process=process)
+        yield node
+    finally:
+        if process.poll() is None:
+            node.kill()
