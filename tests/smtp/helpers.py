@@ -191,25 +191,21 @@ def drive(
 def normalized(seen: Sequence[Event]) -> list[Event]:
     """Events with the transport's chunking taken out.
 
-    Adjacent MessageData are joined (how content is cut depends on packet boundaries), and
-    the content of an aborted message is dropped (the server discards it either way).
+    Adjacent MessageData are joined (how content is cut depends on packet boundaries). The
+    content of an aborted or still unfinished message is dropped: the server discards it, and
+    how much of it was passed on before the core saw the fault depends on packet boundaries.
     """
     out: list[Event] = []
     for event in seen:
-        if (
-            isinstance(event, events.MessageData)
-            and out
-            and isinstance(out[-1], events.MessageData)
-        ):
-            out[-1] = events.MessageData(out[-1].data + event.data)
+        last = out[-1] if out else None
+        if isinstance(event, events.MessageData) and isinstance(last, events.MessageData):
+            out[-1] = events.MessageData(last.data + event.data)
             continue
-        if (
-            isinstance(event, events.MessageAborted)
-            and out
-            and isinstance(out[-1], events.MessageData)
-        ):
+        if isinstance(event, events.MessageAborted) and isinstance(last, events.MessageData):
             out.pop()
         out.append(event)
+    if out and isinstance(out[-1], events.MessageData):
+        out.pop()
     return out
 
 

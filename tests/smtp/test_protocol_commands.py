@@ -357,15 +357,21 @@ def test_client_eof_mid_data_aborts_the_message(smtp: Driver) -> None:
     assert not t.of(events.MessageComplete)
 
 
-def test_the_core_pauses_on_each_event_awaiting_a_reply() -> None:
+@pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])
+def test_the_core_pauses_on_each_event_awaiting_a_reply(bytewise: bool) -> None:
     conn = SmtpConnection(ProtocolSettings())
     conn.send_greeting(GREETING)
     conn.data_to_send()
-    conn.receive_data(ENVELOPE + session("NOOP", "QUIT"))
-    assert isinstance(conn.next_event(), events.Helo)
-    for _ in range(3):
-        assert conn.next_event() is AWAITING_REPLY
-    assert conn.data_to_send() == b""  # the NOOP reply must not overtake the EHLO reply
+    stream = ENVELOPE + session("NOOP", "QUIT")
+    pieces = [stream[i : i + 1] for i in range(len(stream))] if bytewise else [stream]
+    seen: list[Event | Paused] = []
+    for piece in pieces:
+        conn.receive_data(piece)
+        seen.append(conn.next_event())
+        # Nothing may be answered while the EHLO waits, however many commands queue up.
+        assert conn.data_to_send() == b""
+    assert [e for e in seen if not isinstance(e, Paused)] == [events.Helo("client.example", True)]
+    assert conn.next_event() is AWAITING_REPLY
     conn.accept()
     assert isinstance(conn.next_event(), events.MailFrom)
     assert conn.next_event() is AWAITING_REPLY
@@ -374,4 +380,4 @@ def test_the_core_pauses_on_each_event_awaiting_a_reply() -> None:
     assert conn.next_event() == events.ConnectionClosing("client quit")
     codes = [r.code for r in parse_replies(conn.data_to_send())]
     assert codes == [250, 550, 503, 250, 221]
-    assert isinstance(conn.next_event(), Paused)
+    assert conn.next_event() is CLOSED

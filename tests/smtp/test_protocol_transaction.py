@@ -250,6 +250,22 @@ def test_text_line_limit(smtp: Driver) -> None:
     assert completed(t) == 0
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a" * 500 + b"\n" + b"a" * 600 + b"\r\n",  # bare LF inside what is one long line
+        b"b" * 1500 + b"\r\nshort\nline\r\n",  # long line first, bare LF later
+        b"c" * 1500 + b"\x00\r\nx\ry\r\n",  # long line, NUL, bare CR
+    ],
+)
+def test_several_faults_get_one_answer_however_the_bytes_arrive(smtp: Driver, body: bytes) -> None:
+    """The most serious fault is reported (smuggling first), not the first one a particular
+    packet split happened to reveal; byte-by-byte mode also compares with whole."""
+    t = smtp(one_message(body + b".\r\n"))
+    assert t.codes[-1] == 550
+    assert "Bare CR or LF" in t.replies[-1].text
+
+
 def test_enormous_line_does_not_pile_up(smtp: Driver) -> None:
     t = smtp(one_message(b"z" * 100_000 + b"\r\n.\r\n") + session("NOOP"))
     assert t.codes[-2:] == [500, 250]
