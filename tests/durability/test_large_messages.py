@@ -51,7 +51,9 @@ async def test_50_mb_message_is_stored_byte_for_byte_with_bounded_memory(
         assert node.stop() == 0, node.log()
 
     growth = after["VmHWM"] - before["VmHWM"]
-    assert growth < MEMORY_GROWTH_BOUND_KB, f"peak RSS grew by {growth} kB for a 50 MB message"
+    assert growth < MEMORY_GROWTH_BOUND_KB, (
+        f"peak RSS grew by {growth} kB for a 50 MB message: {before} -> {after}"
+    )
     by_tag = {message_tag(data): data for data in stored_messages(node.spool).values()}
     assert set(by_tag) == {"warm-up", "fifty-mb"}
     assert strip_received(by_tag["fifty-mb"]) == message
@@ -112,7 +114,9 @@ async def test_concurrent_large_messages_do_not_stall_a_small_one(tmp_path: Path
     assert still_streaming == [sender.tag for sender in large], "the small one had to wait"
     assert [sender.reply_code for sender in large] == [250, 250, 250]
     growth = after["VmHWM"] - before["VmHWM"]
-    assert growth < MEMORY_GROWTH_BOUND_KB, f"peak RSS grew by {growth} kB for 3 × 10 MB"
+    assert growth < MEMORY_GROWTH_BOUND_KB, (
+        f"peak RSS grew by {growth} kB for 3 × 10 MB: {before} -> {after}"
+    )
     by_tag = {message_tag(data): data for data in stored_messages(node.spool).values()}
     assert strip_received(by_tag["small-meanwhile"]) == small
     for sender in large:
