@@ -590,7 +590,10 @@ class SmtpSession(asyncio.Protocol):
         if isinstance(action, Reject | Defer):
             self._refuse(action)
         elif isinstance(action, Accept):
-            self.core.send_reply(Reply(250, "2.1.5", action.text or event.argument))
+            # The client's argument goes back escaped (non-ASCII too): replies are US-ASCII
+            # (RFC 5321 §4.2) and raw input is never echoed.
+            text = action.text or replies.quote_for_reply(event.argument, 256)
+            self.core.send_reply(Reply(250, "2.1.5", text))
         else:
             self.core.accept()
 
