@@ -139,6 +139,11 @@ async def vrfy(conn, argument):
         return Accept(text="Bob <bob@example.org>")
     if argument == "nobody":
         return Reject("No such user", code=550, enhanced="5.1.1")
+    if argument.startswith("echo"):
+        return Accept()  # no text of its own: the reply names what the client asked for
+    if argument == "split":
+        # A script passing along text with CR/LF must not let it forge a second reply line.
+        return Reject("first\\r\\n250 2.0.0 forged", code=550, enhanced="5.1.1")
     return None
 """
 
@@ -421,6 +426,18 @@ def test_vrfy(client: RawClient) -> None:
     assert client.cmd("VRFY nobody").raw == b"550 5.1.1 No such user\r\n"
     reply = client.cmd("VRFY someone")  # the hook returns None: the default 252
     assert (reply.code, reply.enhanced) == (252, "2.5.0")
+    assert client.cmd("VRFY echo-plain").raw == b"250 2.1.5 echo-plain\r\n"
+    reply = client.cmd("VRFY split")
+    assert reply.raw == b"550 5.1.1 first\\x0d\\x0a250 2.0.0 forged\r\n"
+
+
+def test_vrfy_never_echoes_raw_input(client: RawClient) -> None:
+    client.ehlo()
+    reply = client.cmd("VRFY echo-jøran\x1b[2J".encode())
+    assert reply.code == 250
+    # Escaped: no control character and no raw 8-bit byte goes back to the client.
+    assert all(0x20 <= byte < 0x7F for byte in reply.raw[:-2]), reply
+    assert client.cmd("NOOP").code == 250
 
 
 # --- connect, and hooks returning None ----------------------------------------------------------
