@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import DEFAULT_SCRIPT, PolicyScript, ScriptError, load_script
-from mailwarden.smtp.server import SmtpServer
+from mailwarden.smtp.server import SmtpServer, build_ssl_context
 from mailwarden.spool.store import SpoolStore
 
 log = logging.getLogger("mailwarden.node")
@@ -92,6 +92,17 @@ class Worker:
         try:
             config = load_config(self.config_path)
             scripts = load_scripts(config)
+            # All or nothing: load every certificate before switching any listener, so that an
+            # unusable one on a later listener cannot leave earlier ones already switched.
+            for settings in config.servers:
+                if settings.tls_certificate is not None and settings.tls_key is not None:
+                    try:
+                        build_ssl_context(settings.tls_certificate, settings.tls_key)
+                    except OSError as error:  # ssl.SSLError too; say which files
+                        raise ValueError(
+                            f"servers[{settings.id}]: cannot use tls_certificate "
+                            f"{settings.tls_certificate} with tls_key {settings.tls_key}: {error}"
+                        ) from None
             for settings in config.servers:
                 if settings.id not in self.servers:
                     log.warning("reload: new server %s needs a restart to listen", settings.id)
