@@ -340,3 +340,30 @@ def test_queue_list_json(tmp_path: Path) -> None:
         table = node.mailwarden("queue", "list")
         assert table.returncode == 0
         assert "2 message(s)" in table.stdout
+
+
+def test_failed_reload_changes_no_listener(tmp_path: Path, tls_keys: str) -> None:
+    """A reload that fails on the second listener (unusable certificate) must not have already
+    switched the first one: all or nothing."""
+    write_script(tmp_path, versioned_policy("v1"))
+    second_port = free_port()
+    second = textwrap.dedent(
+        f"""
+        [[servers]]
+        id = "second"
+        listen = ["127.0.0.1:{second_port}"]
+        local_domains = ["example.org"]
+        {tls_keys.splitlines()[0]}
+        {tls_keys.splitlines()[1]}
+        """
+    )
+    with running_node(tmp_path, server='script = "policy.py"\n', body=second) as node:
+        write_script(tmp_path, versioned_policy("v2"))
+        (tmp_path / "cert.pem").write_text("not a certificate\n")
+        node.signal(signal.SIGHUP)
+        wait_for_log(node, "reload failed")
+        assert f"servers[second]: cannot use tls_certificate {tmp_path / 'cert.pem'}" in node.log()
+        with RawClient(node.port) as client:
+            client.greeting()
+            client.ehlo()
+            assert client.cmd("MAIL FROM:<a@sender.example>").text == "2.1.0 policy v1"
