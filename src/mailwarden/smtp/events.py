@@ -77,7 +77,8 @@ class MessageComplete:
 
 @dataclass(frozen=True, slots=True)
 class MessageAborted:
-    """The content broke a rule; the core already sent ``reply``. Discard what was stored."""
+    """Discard what was stored for the open message: its content broke a rule (the core
+    already sent the 5xx), or the connection closed before the message ended."""
 
     reason: str
 
