@@ -9,19 +9,22 @@ import re
 import smtplib
 import ssl
 import subprocess
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
+import pytest
 from tests.server.conftest import (
     RawClient,
     only_message,
     queued,
+    send_transaction,
     sender_params,
     split_received,
     stored_bytes,
 )
-from tests.support.node import running_node
+from tests.support.node import Node, running_node
 
 KEYWORDS = ("pipelining", "size", "8bitmime", "smtputf8", "enhancedstatuscodes", "chunking", "dsn")
 
@@ -346,3 +349,70 @@ def test_several_transactions_on_one_connection(tmp_path: Path) -> None:
         for n, message_id in enumerate(ids):
             assert stored[message_id].sender == f"s{n}@sender.example"
             assert stored_bytes(node, message_id).endswith(b"\r\nbody %d\r\n" % n)
+
+
+ODD_MESSAGES = [
+    b"",  # DATA immediately followed by the end marker
+    b"no header section at all\r\n",
+    b"Subject: no body\r\n",
+    b"Subject: empty body\r\n\r\n",
+    b"Subject: folded\r\n\tcontinuation line\r\nX-Other: 1\r\n\r\nbody\r\n",
+    b"\r\nbody after an empty header section\r\n",
+    b"Subject: blank lines\r\n\r\n\r\n\r\nafter blanks\r\n\r\n",
+    b"Subject: big header\r\nX-Long: "
+    + b"h" * 990
+    + b"\r\n"
+    + b"X-Many: v\r\n" * 3000
+    + b"\r\nb\r\n",
+    b"Subject: big body\r\n\r\n" + (b"z" * 998 + b"\r\n") * 400,  # spills past the threshold
+    b"Subject: dots\r\n\r\n.\r\n..\r\n...\r\n. \r\n",
+]
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with running_node(tmp_path_factory.mktemp("shared")) as node:
+        yield node
+
+
+def _queued_id(reply_text: str) -> str:
+    match = re.search(r"queued as (\w+)", reply_text)
+    assert match is not None, reply_text
+    return match.group(1)
+
+
+@pytest.mark.parametrize("data", ODD_MESSAGES, ids=lambda d: repr(d[:24]))
+def test_odd_messages_stored_byte_for_byte(data: bytes, shared_node: Node) -> None:
+    node = shared_node
+    with RawClient(node.port) as client:
+        client.greeting()
+        client.ehlo()
+        # Dot-stuff as a client must (RFC 5321 §4.5.2).
+        stuffed = b"".join(
+            b"." + line if line.startswith(b".") else line
+            for line in data.splitlines(keepends=True)
+        )
+        reply = send_transaction(client, "a@sender.example", ["b@example.org"], stuffed)
+        assert reply.code == 250, reply
+    message_id = _queued_id(reply.text)
+    _, rest = split_received(stored_bytes(node, message_id))
+    assert rest == data
+    (stored,) = [m for m in queued(node) if m.id == message_id]
+    assert stored.size == len(stored_bytes(node, message_id))
+
+
+@pytest.mark.parametrize("chunks", [[b""], [b"", b"a\r\n"], [b"Subject: c\r\n\r\n", b"", b"x"]])
+def test_bdat_odd_chunks_byte_for_byte(chunks: list[bytes], shared_node: Node) -> None:
+    node = shared_node
+    with RawClient(node.port) as client:
+        client.greeting()
+        client.ehlo()
+        assert client.cmd("MAIL FROM:<a@sender.example>").code == 250
+        assert client.cmd("RCPT TO:<b@example.org>").code == 250
+        for index, chunk in enumerate(chunks):
+            last = b" LAST" if index == len(chunks) - 1 else b""
+            client.send(b"BDAT %d%s\r\n" % (len(chunk), last) + chunk)
+            reply = client.read_reply()
+            assert reply.code == 250, reply
+    _, rest = split_received(stored_bytes(node, _queued_id(reply.text)))
+    assert rest == b"".join(chunks)
