@@ -285,3 +285,33 @@ def test_eight_bit_sender_accepted_with_smtputf8(tmp_path: Path) -> None:
         reply = client.cmd("MAIL FROM:<jøran@sender.example> SMTPUTF8 BODY=8BITMIME".encode())
         assert reply.code == 250, reply
         assert client.cmd("RCPT TO:<bjørn@example.org>".encode()).code == 250
+
+
+def test_refused_bdat_chunk_is_never_read_as_commands(default_node: Node) -> None:
+    """RFC 3030 §2: a BDAT refused (here: no transaction) still has its chunk consumed; the
+    commands hidden in it are never executed."""
+    chunk = b"MAIL FROM:<evil@evil.example>\r\nQUIT\r\n"
+    with RawClient(default_node.port) as client:
+        client.greeting()
+        client.ehlo()
+        client.send(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+        reply = client.read_reply()
+        assert (reply.code, reply.enhanced) == (503, "5.5.1"), reply
+        assert client.cmd("NOOP").code == 250  # no 250 for MAIL, no 221 for QUIT before it
+        assert client.cmd("RCPT TO:<b@example.org>").code == 503  # MAIL never ran
+    assert queued(default_node) == []
+
+
+@pytest.mark.parametrize("command", [b"BDAT", b"BDAT x LAST", b"BDAT 10 NOW", b"BDAT -1"])
+def test_bad_bdat_syntax_closes(default_node: Node, command: bytes) -> None:
+    """Without a size the chunk's end is unknown: answer, then hang up rather than read the
+    chunk as commands."""
+    with RawClient(default_node.port) as client:
+        client.greeting()
+        client.ehlo()
+        client.send(command + b"\r\nQUIT\r\n")
+        reply = client.read_reply()
+        assert (reply.code, reply.enhanced) == (501, "5.5.4"), reply
+        closing = client.read_reply()
+        assert closing.code == 421, closing
+        assert client.read_until_closed() == b""

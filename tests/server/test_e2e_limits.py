@@ -164,3 +164,22 @@ def test_data_timeout_421_nothing_queued(tmp_path: Path) -> None:
         assert (reply.code, reply.enhanced) == (421, "4.4.2"), reply
         assert client.read_until_closed() == b""
     assert queued(node) == []
+
+
+def test_message_size_boundary(tmp_path: Path) -> None:
+    with running_node(tmp_path, body=limits(message_size=1000)) as node, RawClient(node.port) as c:
+        c.greeting()
+        c.ehlo()
+        exact = b"Subject: s\r\n\r\n" + b"a" * (1000 - 14 - 2) + b"\r\n"
+        assert len(exact) == 1000
+        assert c.cmd("MAIL FROM:<a@sender.example> SIZE=1000").code == 250
+        assert c.cmd("RCPT TO:<b@example.org>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(exact + b".\r\n")
+        assert c.read_reply().code == 250
+        reply = c.cmd("MAIL FROM:<a@sender.example> SIZE=1001")
+        assert (reply.code, reply.enhanced) == (552, "5.3.4")
+        one_more = exact.replace(b"Subject: s", b"Subject: ss")
+        reply = send_transaction(c, "a@sender.example", ["b@example.org"], one_more)
+        assert reply.code == 552
+    assert len(queued(node)) == 1
