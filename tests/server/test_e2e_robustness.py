@@ -128,6 +128,8 @@ def test_disconnect_hook_sees_connection_state(tmp_path: Path) -> None:
             conn.state.setdefault("senders", []).append(sender.address)
 
         async def disconnect(conn):
+            if not conn.state:
+                return  # the start-up probe, which never said EHLO
             record = {"id": conn.id, "state": conn.state, "ip": conn.remote_ip}
             (Path(__file__).parent / "disconnected.json").write_text(json.dumps(record))
         """,
