@@ -24,6 +24,11 @@ from mailwarden.spool.store import SpoolStore
 
 log = logging.getLogger("mailwarden.node")
 
+# Held back (blocked) while a worker starts, until its event loop handles them: a SIGTERM that
+# arrived while the spool was opening used to kill the worker with the default action, and the
+# node then exited 1 instead of stopping cleanly. Blocked signals stay pending, not lost.
+_CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
 
 def pid_file(config: Config) -> Path:
     return Path(config.node.data_dir) / "mailwarden.pid"
@@ -61,6 +66,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)  # handled from now on
         try:
             for settings in config.servers:
                 server = SmtpServer(
@@ -129,6 +135,7 @@ def _event_loop_factory() -> asyncio.AbstractEventLoop:
 
 
 def run_worker(config: Config, config_path: str | None, index: int, reuse_port: bool) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)  # until Worker.run handles them
     scripts = load_scripts(config)
     worker = Worker(config, config_path, index, reuse_port)
     with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
@@ -164,6 +171,7 @@ def _supervise(config: Config, config_path: str | None, workers: int) -> int:
     def spawn(index: int) -> None:
         pid = os.fork()
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)  # see _CONTROL_SIGNALS
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
