@@ -416,3 +416,31 @@ def test_bdat_odd_chunks_byte_for_byte(chunks: list[bytes], shared_node: Node) -
             assert reply.code == 250, reply
     _, rest = split_received(stored_bytes(node, _queued_id(reply.text)))
     assert rest == b"".join(chunks)
+
+
+def test_pipelined_transaction_then_half_close_gets_every_reply(tmp_path: Path) -> None:
+    """A client that pipelines a whole transaction and QUIT, then shuts down its sending side
+    (as ``nc -N`` or a batch sender does), still gets every reply and its message is queued."""
+    import socket
+
+    with running_node(tmp_path) as node:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=15) as sock:
+            assert sock.recv(1024).startswith(b"220 ")
+            sock.sendall(
+                b"EHLO client.example\r\nMAIL FROM:<a@sender.example>\r\n"
+                b"RCPT TO:<bob@example.org>\r\nDATA\r\n"
+            )
+            received = b""
+            while b"354 " not in received:
+                chunk = sock.recv(4096)
+                assert chunk, received
+                received += chunk
+            stuffed = MESSAGE.replace(b"\r\n.", b"\r\n..")  # RFC 5321 §4.5.2
+            sock.sendall(stuffed + b".\r\nQUIT\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            while chunk := sock.recv(4096):
+                received += chunk
+        codes = [line[:3] for line in received.split(b"\r\n") if line[3:4] == b" "]
+        assert codes == [b"250", b"250", b"250", b"354", b"250", b"221"], received
+        message = only_message(node)
+        assert split_received(stored_bytes(node, message.id))[1] == MESSAGE

@@ -15,7 +15,7 @@ from mailwarden.smtp.protocol import (
 )
 
 from .conftest import Driver
-from .helpers import ENVELOPE, GREETING, answer, parse_replies, session
+from .helpers import ENVELOPE, GREETING, answer, one_message, parse_replies, session
 
 DEFAULT_KEYWORDS = [
     "PIPELINING",
@@ -355,6 +355,30 @@ def test_client_eof_mid_data_aborts_the_message(smtp: Driver) -> None:
     t = smtp(ENVELOPE + b"DATA\r\nSubject: half\r\n", eof=True)
     assert t.kinds()[-2:] == ["MessageAborted", "ConnectionClosing"]
     assert not t.of(events.MessageComplete)
+
+
+def test_commands_pipelined_before_eof_are_still_answered(smtp: Driver) -> None:
+    # A client may send a whole transaction and QUIT, then shut down its sending side.
+    body = b"Subject: eof\r\n\r\nbye\r\n"
+    t = smtp(one_message(body + b".\r\n") + session("QUIT"), eof=True)
+    assert t.codes == [220, 250, 250, 250, 354, 250, 221]
+    assert t.data == body
+
+
+def test_eof_after_a_complete_command_closes_after_its_reply(smtp: Driver) -> None:
+    t = smtp(session("EHLO c.example", "NOOP"), eof=True)
+    assert t.codes == [220, 250, 250]
+    assert t.kinds()[-1] == "ConnectionClosing" and t.conn.closed
+
+
+def test_connection_lost_closes_at_once_and_drops_pipelined_input() -> None:
+    conn = SmtpConnection(ProtocolSettings())
+    conn.send_greeting(GREETING)
+    conn.data_to_send()
+    conn.receive_data(session("EHLO c.example", "NOOP"))
+    conn.connection_lost()
+    assert conn.next_event() == events.ConnectionClosing("connection lost")
+    assert conn.data_to_send() == b""
 
 
 @pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "bytewise"])

@@ -124,6 +124,7 @@ class SmtpConnection:
         self._pending: list[events.Event] = []
         self._awaiting: events.Event | None = None
         self._skipping_line = False
+        self._eof = False
         self._buffer_limit = max(settings.max_command_line + _PARAMETER_ALLOWANCE, _AUTH_LINE_LIMIT)
         self.errors = 0
         self.auth_failures = 0
@@ -247,11 +248,15 @@ class SmtpConnection:
     # --- input ---------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Add bytes received from the client. Empty bytes mean the client closed its side."""
+        """Add bytes received from the client. Empty bytes mean the client closed its sending
+        side (EOF): commands it pipelined before that are still answered, then the session
+        closes (a client may send a whole transaction and QUIT, then shut down writing)."""
         if self._state is _State.CLOSED:
             return
         if not data:
-            self._close(None, "client closed the connection")
+            self._eof = True
+            if self._state in (_State.BEFORE_GREETING, _State.AWAITING_TLS):
+                self._close(None, "client closed the connection")
             return
         if self._state is _State.AWAITING_TLS:
             # RFC 3207 §4.2 / CVE-2011-0411: plaintext pipelined after STARTTLS is discarded.
@@ -278,7 +283,17 @@ class SmtpConnection:
             if self._state is _State.BEFORE_GREETING:
                 return NEED_DATA
             if not self._step():
-                return NEED_DATA if not self._pending else self._pending.pop(0)
+                if self._pending:
+                    return self._pending.pop(0)
+                if self._eof:
+                    self._close(None, "client closed the connection")
+                    continue
+                return NEED_DATA
+
+    def connection_lost(self) -> None:
+        """The connection is gone in both directions: close now, answer nothing more."""
+        if self._state is not _State.CLOSED:
+            self._close(None, "connection lost")
 
     def _step(self) -> bool:
         """Consume input for one unit of work. False when more bytes are needed."""

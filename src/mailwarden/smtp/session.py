@@ -108,11 +108,10 @@ class SmtpSession(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self.core.receive_data(b"")
         self._wake()
-        return None
+        return True  # keep our sending side open: pipelined commands still get their replies
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.core.closed:
-            self.core.receive_data(b"")
+        self.core.connection_lost()
         self._wake()
 
     def _wake(self) -> None:
