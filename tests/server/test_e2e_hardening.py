@@ -212,6 +212,18 @@ def test_early_talker_allowed_when_configured(tmp_path: Path) -> None:
             assert client.read_reply().code == 250
 
 
+def test_greeting_delay_opens_the_early_talker_window(tmp_path: Path) -> None:
+    # No script at all: the configured pause before the 220 is the only window.
+    with running_node(tmp_path, server="greeting_delay = 0.5\n") as node:
+        with RawClient(node.port) as client:
+            client.send(b"EHLO early.example\r\n")
+            reply = client.read_reply()
+            assert (reply.code, reply.enhanced) == (554, "5.5.0"), reply
+            assert client.read_until_closed() == b""
+        with RawClient(node.port) as patient:  # a client that waits is greeted normally
+            assert patient.read_reply().code == 220
+
+
 # --- hostile input: clear 5xx with an enhanced code, nothing echoed raw -------------------------
 
 HOSTILE = [

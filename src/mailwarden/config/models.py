@@ -289,6 +289,12 @@ class ServerSettings(BaseModel):
         BareLineEndings.REJECT, strict=False, description="Bare CR or LF in DATA."
     )
     reject_early_talkers: bool = Field(True, description="554 to clients that talk first.")
+    greeting_delay: float = Field(
+        0.0,
+        ge=0.0,
+        le=300.0,
+        description="Seconds to wait before the 220, the window in which early talkers show.",
+    )
     greeting_banner: Annotated[str, AfterValidator(_check_banner)] = Field(
         "ESMTP Mailwarden", description="Text after the host name in the 220 greeting."
     )

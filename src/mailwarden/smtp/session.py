@@ -244,6 +244,9 @@ class SmtpSession(asyncio.Protocol):
             return
         if isinstance(action, Accept) and action.text:
             banner = action.text
+        if self.settings.greeting_delay:
+            # The early-talker window (RFC 5321 §3.1: the client waits for the greeting).
+            await asyncio.sleep(self.settings.greeting_delay)
         self.core.send_greeting(replies.greeting(hostname, banner))
 
     async def _on_helo(self, event: events.Helo) -> None:
