@@ -171,8 +171,9 @@ MESSAGE_HELD = Reply(250, "2.0.0", "Message accepted")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long in message data")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large")
+# X.6.0 "other or undefined media error" (RFC 3463 §3.7): no registered code is more specific.
 BARE_LINE_ENDING = Reply(
-    550, "5.6.11", "Bare CR or LF in message data is not allowed (SMTP smuggling protection)"
+    550, "5.6.0", "Bare CR or LF in message data is not allowed (SMTP smuggling protection)"
 )
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA not allowed after BDAT in one transaction")
 BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
