@@ -88,7 +88,7 @@ class Worker:
             await self.stopping.wait()
             log.info("worker %d: stopping", self.index)
             await asyncio.gather(
-                *(s.stop(config.node.shutdown_grace) for s in self.servers.values())
+                *(s.stop(self.config.node.shutdown_grace) for s in self.servers.values())
             )
         finally:
             spool.close()
@@ -117,6 +117,8 @@ class Worker:
                 if settings.listen != server.settings.listen:
                     log.warning("reload: new listen addresses of %s need a restart", settings.id)
                 server.apply(settings, config.node.hostname, scripts[settings.id])
+                server.spool_settings = config.spool
+            self._apply_node_settings(config)
         except (ConfigError, ScriptError) as error:
             log.error("reload failed, keeping the running configuration: %s", error)
             return
@@ -124,6 +126,19 @@ class Worker:
             log.error("reload failed, keeping the running configuration: %s", error)
             return
         log.info("worker %d: configuration and scripts reloaded", self.index)
+
+
+    def _apply_node_settings(self, config: Config) -> None:
+        """Take the reloadable [node] and [spool] keys; say which ones need a restart."""
+        old = self.config
+        for key in ("data_dir", "workers"):
+            if getattr(old.node, key) != getattr(config.node, key):
+                log.warning("reload: node.%s changes only at restart", key)
+        for key in ("path", "fsync", "group_commit_max_batch"):
+            if getattr(old.spool, key) != getattr(config.spool, key):
+                log.warning("reload: spool.%s changes only at restart", key)
+        logging.getLogger().setLevel(getattr(logging, config.node.log_level.upper()))
+        self.config = config  # shutdown_grace, hostname, log_level, memory_threshold apply now
 
 
 def _event_loop_factory() -> asyncio.AbstractEventLoop:
