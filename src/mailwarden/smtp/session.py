@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailwarden.smtp")
 
+ANSWERED = object()  # _decide: the client already has its reply
+
 # Stop reading from a client whose unprocessed input exceeds this (a slow hook or a flood):
 # memory per connection stays bounded (flow control, as uvicorn's FlowControl does).
 _HIGH_WATER = 256 * 1024
@@ -217,6 +219,19 @@ class SmtpSession(asyncio.Protocol):
             self._hook_expired = True
             self._task.cancel()
 
+    async def _decide(self, name: str, *args: Any) -> Any:
+        """The hook's action, or ANSWERED when the client already got its answer: the
+        script's own refusal, or 451 4.3.0 when the hook failed."""
+        try:
+            action = await self._hook(name, *args)
+        except HookFailed:
+            self.core.send_reply(replies.SCRIPT_ERROR)
+            return ANSWERED
+        if isinstance(action, Reject | Defer):
+            self._refuse(action)
+            return ANSWERED
+        return action
+
     def _refuse(self, action: Reject | Defer) -> None:
         self.core.send_reply(action.reply, disconnect=action.disconnect)
 
@@ -251,13 +266,8 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_helo(self, event: events.Helo) -> None:
         assert self.conn is not None
-        try:
-            action = await self._hook("helo", self.conn, Helo(event.name, event.extended))
-        except HookFailed:
-            self.core.send_reply(replies.SCRIPT_ERROR)
-            return
-        if isinstance(action, Reject | Defer):
-            self._refuse(action)
+        action = await self._decide("helo", self.conn, Helo(event.name, event.extended))
+        if action is ANSWERED:
             return
         self.conn.helo_name = event.name
         self.conn.esmtp = event.extended
@@ -341,15 +351,9 @@ class SmtpSession(asyncio.Protocol):
         assert self.conn is not None
         self.tx = Transaction(id=self.server.next_message_id())
         sender = Sender(str(event.path.address), dict(event.path.parameters))
-        try:
-            action = await self._hook("mail_from", self.conn, self.tx, sender)
-        except HookFailed:
+        action = await self._decide("mail_from", self.conn, self.tx, sender)
+        if action is ANSWERED:
             self.tx = None
-            self.core.send_reply(replies.SCRIPT_ERROR)
-            return
-        if isinstance(action, Reject | Defer):
-            self.tx = None
-            self._refuse(action)
             return
         reply = replies.SENDER_OK
         if isinstance(action, Accept):
@@ -384,13 +388,8 @@ class SmtpSession(asyncio.Protocol):
         if refusal is not None:
             self.core.send_reply(refusal)
             return
-        try:
-            action = await self._hook("rcpt_to", self.conn, self.tx, recipient)
-        except HookFailed:
-            self.core.send_reply(replies.SCRIPT_ERROR)
-            return
-        if isinstance(action, Reject | Defer):
-            self._refuse(action)
+        action = await self._decide("rcpt_to", self.conn, self.tx, recipient)
+        if action is ANSWERED:
             return
         reply = replies.RECIPIENT_OK
         if isinstance(action, Accept):
@@ -584,14 +583,10 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_vrfy(self, event: events.Vrfy) -> None:
         assert self.conn is not None
-        try:
-            action = await self._hook("vrfy", self.conn, event.argument)
-        except HookFailed:
-            self.core.send_reply(replies.SCRIPT_ERROR)
+        action = await self._decide("vrfy", self.conn, event.argument)
+        if action is ANSWERED:
             return
-        if isinstance(action, Reject | Defer):
-            self._refuse(action)
-        elif isinstance(action, Accept):
+        if isinstance(action, Accept):
             # The client's argument goes back escaped (non-ASCII too): replies are US-ASCII
             # (RFC 5321 §4.2) and raw input is never echoed.
             text = action.text or replies.quote_for_reply(event.argument, 256)
