@@ -52,7 +52,19 @@ class Reply:
         return (self.text, *self.lines) if self.lines else (self.text,)
 
     def encode(self) -> bytes:
-        """Serialise as RFC 5321 §4.2.1 lines, the enhanced code on each line (RFC 2034 §4)."""
+        """Serialise as RFC 5321 §4.2.1 lines, the enhanced code on each line (RFC 2034 §4).
+
+        Catalogue replies are sent over and over: their bytes are computed once.
+        """
+        cached = _ENCODED.get(self)
+        if cached is not None:
+            return cached
+        encoded = self._encode()
+        if len(_ENCODED) < _ENCODED_MAX:
+            _ENCODED[self] = encoded
+        return encoded
+
+    def _encode(self) -> bytes:
         lines = self.all_lines()
         prefix = f"{self.code} {self.enhanced} " if self.enhanced else f"{self.code} "
         dash = f"{self.code}-{self.enhanced} " if self.enhanced else f"{self.code}-"
@@ -71,8 +83,14 @@ def _escape(char: str) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
+_ENCODED: dict[Reply, bytes] = {}
+_ENCODED_MAX = 4096  # replies with unique text (queue ids) fill it once, then are not kept
+
+
 def sanitize_text(text: str) -> str:
     """Make text safe to place in a reply line: no CR, LF or other controls (no reply splitting)."""
+    if text.isascii() and text.isprintable():
+        return text  # the common case, without the regular expression
     return _UNSAFE.sub(lambda m: _escape(m.group()), text)
 
 
