@@ -149,7 +149,13 @@ def queue_list(
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    table = Table("id", "received", "sender", "recipients", "size", "state")
+    table = Table()
+    table.add_column("id", no_wrap=True)  # operators copy ids: never cut them
+    table.add_column("received", no_wrap=True)
+    for name in ("sender", "recipients"):
+        table.add_column(name, overflow="fold")
+    table.add_column("size", justify="right")
+    table.add_column("state")
     for m in messages:
         received = datetime.datetime.fromtimestamp(m.received_at).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
