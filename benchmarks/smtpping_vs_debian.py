@@ -3,13 +3,17 @@
 Both meters run ``-r -w 0 -P N -s KiB`` against each peer for the same duration,
 one after the other, then get SIGINT (as a user's Ctrl-C) and are reaped with
 wait4(), whose resource usage covers the meter and every process it forked.
+With ``--repeat R`` the pair runs R times, interleaved (Debian, ours, Debian, ours…),
+so both meters see the same background load; the table shows medians.
 Reported per meter and peer: messages per second (mean of the whole seconds after
-the first), CPU milliseconds per message, and the ratios ours/Debian.
+the first), CPU milliseconds per message (start-up included), and the ratios
+ours/Debian (median of the per-pair ratios). Ours runs from this checkout's ``src``.
 
 Peers (see ../shared/peers/README.md): Postfix queue-only on 2601 and Haraka
 discard on 2603; ``--start-peers`` runs their start scripts first.
 
-Usage: python benchmarks/smtpping_vs_debian.py [--duration 10] [--parallel 8] [--start-peers]
+Usage: python benchmarks/smtpping_vs_debian.py [--duration 10] [--parallel 8] [--repeat 3]
+       [--processes N] [--start-peers]
 """
 
 from __future__ import annotations
@@ -17,13 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PEER_SCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "peers"
+REPOSITORY = Path(__file__).resolve().parents[1]
+PEER_SCRIPTS = REPOSITORY.parent / "shared" / "peers"
 DEBIAN = ["/usr/bin/smtpping"]
 OURS = [sys.executable, "-m", "mailwarden.tools.smtpping.cli"]
 
@@ -48,10 +54,15 @@ def run_meter(name: str, command: list[str], port: int, args: argparse.Namespace
         *("-r", "-w", "0", "-P", str(args.parallel), "-s", str(args.size)),
         *("test@example.org", "@127.0.0.1", "-p", str(port)),
     ]
-    if name == "mailwarden" and args.processes > 1:
-        argv.insert(len(command), f"--processes={args.processes}")
+    env = dict(os.environ)
+    if name == "mailwarden":
+        if args.processes:
+            argv.insert(len(command), f"--processes={args.processes}")
+        # Measure this checkout, whatever copy of the package is installed.
+        source = str(REPOSITORY / "src")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, env=env
     )
     time.sleep(args.duration)
     os.killpg(process.pid, signal.SIGINT)
@@ -89,35 +100,62 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per meter and peer")
     parser.add_argument("--parallel", type=int, default=8, help="-P workers")
     parser.add_argument("--size", type=int, default=10, help="message size, KiB")
-    parser.add_argument("--processes", type=int, default=1, help="--processes for ours")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per meter and peer")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="--processes for ours (default: its own choice)"
+    )
     parser.add_argument("--peers", default="postfix:2601,haraka:2603", help="name:port,...")
     parser.add_argument("--start-peers", action="store_true", help="run the peer start scripts")
     args = parser.parse_args()
     if args.start_peers:
         start_peers()
-    results: list[tuple[Measurement, Measurement]] = []
+    rows: list[tuple[str, Measurement, Measurement, float, float]] = []
     for spec in args.peers.split(","):
         peer, port = spec.split(":")
-        pair = []
-        for name, command in (("debian", DEBIAN), ("mailwarden", OURS)):
-            measurement = run_meter(name, command, int(port), args)
-            measurement.peer = peer
-            pair.append(measurement)
-            time.sleep(2)  # let TIME_WAIT sockets and the peer's queue settle
-        results.append((pair[0], pair[1]))
+        pairs: list[tuple[Measurement, Measurement]] = []
+        for _ in range(args.repeat):
+            pair = []
+            for name, command in (("debian", DEBIAN), ("mailwarden", OURS)):
+                measurement = run_meter(name, command, int(port), args)
+                measurement.peer = peer
+                pair.append(measurement)
+                time.sleep(2)  # let TIME_WAIT sockets and the peer's queue settle
+            pairs.append((pair[0], pair[1]))
+        rows.append(
+            (
+                peer,
+                _median_of(peer, "debian", [debian for debian, _ in pairs]),
+                _median_of(peer, "mailwarden", [ours for _, ours in pairs]),
+                statistics.median(ours.rate / debian.rate for debian, ours in pairs),
+                statistics.median(
+                    ours.cpu_ms_per_message / debian.cpu_ms_per_message for debian, ours in pairs
+                ),
+            )
+        )
+    processes = f", --processes {args.processes}" if args.processes else ""
     print(
-        f"smtpping -r -w 0 -P {args.parallel} -s {args.size}, {args.duration:.0f} s per run, "
-        f"{os.cpu_count()} CPUs"
+        f"smtpping -r -w 0 -P {args.parallel} -s {args.size}{processes}, "
+        f"{args.duration:.0f} s per run, {args.repeat} interleaved run(s) each, "
+        f"medians, {os.cpu_count()} CPUs"
     )
     header = f"{'peer':<9}{'meter':<12}{'msg/s':>9}{'CPU ms/msg':>12}"
     print(header)
-    for debian, ours in results:
+    for _, debian, ours, rate_ratio, cpu_ratio in rows:
         for m in (debian, ours):
             print(f"{m.peer:<9}{m.meter:<12}{m.rate:>9.0f}{m.cpu_ms_per_message:>12.3f}")
-        print(
-            f"{'':<9}{'ratio':<12}{ours.rate / debian.rate:>8.2f}x"
-            f"{ours.cpu_ms_per_message / debian.cpu_ms_per_message:>11.2f}x"
-        )
+        print(f"{'':<9}{'ratio':<12}{rate_ratio:>8.2f}x{cpu_ratio:>11.2f}x")
+
+
+def _median_of(peer: str, meter: str, runs: list[Measurement]) -> Measurement:
+    """A Measurement holding the median rate and the median CPU per message of runs."""
+    cpu_ms = statistics.median(m.cpu_ms_per_message for m in runs)
+    return Measurement(
+        meter=meter,
+        peer=peer,
+        rate=statistics.median(m.rate for m in runs),
+        messages=1000,
+        cpu_s=cpu_ms,
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ class Run:
 
     def __post_init__(self) -> None:
         plan = self.plan
-        # Plain SMTP takes the callback state machine; TLS, AUTH and -b the coroutine path.
-        if not (plan.starttls or plan.implicit_tls or plan.auth or plan.bind_address):
+        # Plain SMTP takes the raw-socket state machine; TLS and AUTH the coroutine path.
+        if not (plan.starttls or plan.implicit_tls or plan.auth):
             self._fast_steps = plan_steps(plan)
 
     def stop(self) -> None:
@@ -135,7 +135,9 @@ class Run:
                         break
                     seq += 1
                 if self._fast_steps is not None:
-                    result = await fast_ping(target.sockaddr, self.plan, self._fast_steps)
+                    result = await fast_ping(
+                        target.sockaddr, target.family, self.plan, self._fast_steps
+                    )
                 else:
                     result = await ping(target.sockaddr, target.family, self.plan)
                 connected = result.failure not in ("connect", "bind")
