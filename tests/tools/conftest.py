@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -28,6 +29,10 @@ import pytest
 
 DEBIAN_SMTPPING = "/usr/bin/smtpping"
 OUR_SMTPPING = [sys.executable, "-m", "mailwarden.tools.smtpping.cli"]
+# The smtpping under test is this checkout's, even where another copy of the
+# package is installed (an editable install may point at a different clone).
+_SOURCE = str(Path(__file__).resolve().parents[2] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE, os.environ.get("PYTHONPATH")]))
 
 
 @dataclass
