@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common import (
     cpu_seconds,
+    empty_postfix_queue,
     median,
     smtpping_rate,
     start_haraka,
@@ -36,6 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per server per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="unmeasured load before each measurement"
+    )
     parser.add_argument("--workers", type=int, default=2, help="Mailwarden worker processes")
     parser.add_argument("--parallel", type=int, default=8, help="smtpping -P")
     parser.add_argument("--size", type=int, default=10, help="message size in KiB")
@@ -56,10 +60,14 @@ def main() -> None:
             for name, port in ports.items():
                 if args.no_peers and name != "mailwarden":
                     continue
+                # Warm up first: Postfix spawns its smtpd and cleanup processes on demand.
+                smtpping_rate(port, args.warmup, args.parallel, args.size)
                 if name == "mailwarden":
                     pids = sorted({mailwarden.process.pid, *mailwarden.workers()})
                     before = cpu_seconds(pids)
                 counts = smtpping_rate(port, args.seconds, args.parallel, args.size)
+                if name == "postfix":
+                    empty_postfix_queue()
                 if name == "mailwarden":
                     mw_cpu += cpu_seconds(pids) - before
                     # counts drop the partial first and last second; CPU covers all of it,
