@@ -127,7 +127,6 @@ class Worker:
             return
         log.info("worker %d: configuration and scripts reloaded", self.index)
 
-
     def _apply_node_settings(self, config: Config) -> None:
         """Take the reloadable [node] and [spool] keys; say which ones need a restart."""
         old = self.config
