@@ -96,7 +96,7 @@ def start_mailwarden(
         [node]
         data_dir = "{directory / "data"}"
         workers = {workers}
-        log_level = "warning"
+        log_level = "info"  # the default: a line per message, as Postfix logs
 
         [[servers]]
         id = "bench"

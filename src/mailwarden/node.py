@@ -14,9 +14,9 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
+from mailwarden import logs
 from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import DEFAULT_SCRIPT, PolicyScript, ScriptError, load_script
 from mailwarden.smtp.server import SmtpServer, build_ssl_context
@@ -66,6 +66,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._flush_logs()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)  # handled from now on
         try:
             for settings in config.servers:
@@ -92,6 +93,12 @@ class Worker:
             )
         finally:
             spool.close()
+
+    def _flush_logs(self) -> None:
+        """Write buffered log lines now and again (see mailwarden.logs)."""
+        logs.flush_all()
+        if not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(logs.FLUSH_INTERVAL, self._flush_logs)
 
     def reload(self) -> None:
         """SIGHUP: new configuration and scripts for new connections, or nothing on failure."""
@@ -152,8 +159,11 @@ def run_worker(config: Config, config_path: str | None, index: int, reuse_port: 
     signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)  # until Worker.run handles them
     scripts = load_scripts(config)
     worker = Worker(config, config_path, index, reuse_port)
-    with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
-        runner.run(worker.run(scripts))
+    try:
+        with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
+            runner.run(worker.run(scripts))
+    finally:
+        logs.flush_all()  # a forked worker leaves with os._exit, which skips logging's own
     return 0
 
 
@@ -183,6 +193,7 @@ def _supervise(config: Config, config_path: str | None, workers: int) -> int:
     stopping = False
 
     def spawn(index: int) -> None:
+        logs.flush_all()  # or the child would write the parent's buffered lines again
         pid = os.fork()
         if pid == 0:
             signal.pthread_sigmask(signal.SIG_BLOCK, _CONTROL_SIGNALS)  # see _CONTROL_SIGNALS
@@ -230,8 +241,4 @@ def _supervise(config: Config, config_path: str | None, workers: int) -> int:
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(level)
