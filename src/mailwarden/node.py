@@ -147,6 +147,16 @@ class Worker:
         self.config = config  # shutdown_grace, hostname, log_level, memory_threshold apply now
 
 
+def _pin_to_cpu(index: int) -> None:
+    """Keep worker ``index`` on one of the CPUs this node may use (round robin). Where the
+    system refuses (no sched_setaffinity), the worker simply runs unpinned."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    except (AttributeError, OSError) as error:
+        log.warning("worker %d: cannot pin to a CPU: %s", index, error)
+
+
 def _event_loop_factory() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -201,6 +211,8 @@ def _supervise(config: Config, config_path: str | None, workers: int) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
+                if config.node.pin_workers:
+                    _pin_to_cpu(index)
                 code = run_worker(config, config_path, index, reuse_port=True)
             except BaseException:
                 log.exception("worker %d crashed", index)

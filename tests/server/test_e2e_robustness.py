@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import ssl
 from pathlib import Path
 
+import pytest
 from tests.server.conftest import (
     RawClient,
     limits,
@@ -200,3 +202,26 @@ def test_several_workers_serve_reload_and_stop(tmp_path: Path) -> None:
                 assert client.cmd("MAIL FROM:<a@sender.example>").text == "2.1.0 policy two"
         node.signal(signal.SIGTERM)
         assert node.process.wait(timeout=30) == 0
+
+
+def _worker_cpus(supervisor: int) -> list[set[int]]:
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [os.sched_getaffinity(int(pid)) for pid in children]
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "unpinned"])
+def test_workers_are_pinned_to_distinct_cpus(tmp_path: Path, pinned: bool) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+
+    def two_workers(text: str) -> str:
+        text = text.replace("workers = 1\n", "workers = 2\n")
+        return text if pinned else text.replace("[node]\n", "[node]\npin_workers = false\n")
+
+    with running_edited_node(tmp_path, two_workers) as node:
+        wait_for_log(node, "worker 1: server inbound listening")
+        cpus = _worker_cpus(node.process.pid)
+        assert len(cpus) == 2
+        if pinned:
+            assert cpus == [{allowed[0]}, {allowed[1 % len(allowed)]}]
+        else:
+            assert cpus == [set(allowed), set(allowed)]

@@ -181,6 +181,9 @@ class NodeSettings(BaseModel):
     workers: int = Field(
         1, ge=0, le=1024, description="Worker processes sharing the listeners; 0: one per core."
     )
+    pin_workers: bool = Field(
+        True, description="With several workers, keep each on its own CPU core."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written."
     )
