@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.node import Node, free_port, wait_for_port
+from tests.support.node import Node, free_port, node_process
 
 from mailwarden.spool import reader
 
@@ -235,31 +232,13 @@ def node_with_config(
     workers: int = 1,
     spool: str = "",
     limits: str = "",
-    preexec_fn: object = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Iterator[Node]:
     """Start ``mailwarden run`` in its own process group with :func:`node_config`; stop it
     (SIGTERM, then kill -9) afterwards. ``spool`` and ``limits`` are TOML key lines."""
     port = free_port()
     config_path = directory / "mailwarden.toml"
     config_path.write_text(node_config(port, workers=workers, spool=spool, limits=limits))
-    log_path = directory / "mailwarden.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
-            cwd=directory,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=preexec_fn,  # type: ignore[arg-type]
-        )
-    node = Node(directory, config_path, port, process, log_path)
-    try:
-        wait_for_port(port, process=process)
+    # Appending: a restarted node keeps the first run's log before its own.
+    with node_process(directory, config_path, port, preexec_fn=preexec_fn, log_mode="ab") as node:
         yield node
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                node.kill()

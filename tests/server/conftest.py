@@ -11,8 +11,6 @@ import re
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +21,7 @@ from typing import Any
 
 import pytest
 import trustme
-from tests.support.node import Node, free_port, wait_for_port, write_config
+from tests.support.node import Node, free_port, node_process, write_config
 
 from mailwarden.spool.reader import QueuedMessage, iter_messages, read_message_bytes, shard_paths
 
@@ -304,19 +302,5 @@ def running_edited_node(
     port = free_port()
     config_path = write_config(directory, port, body=body, server=server)
     config_path.write_text(edit(config_path.read_text()))
-    log_path = directory / "mailwarden.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
-            cwd=directory,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    node = Node(directory, config_path, port, process, log_path)
-    try:
-        wait_for_port(port, process=process)
+    with node_process(directory, config_path, port) as node:
         yield node
-    finally:
-        if process.poll() is None:
-            node.kill()

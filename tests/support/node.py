@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,25 +110,27 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
 
 
 @contextmanager
-def running_node(
+def node_process(
     directory: Path,
+    config_path: Path,
+    port: int,
     *,
-    server: str = "",
-    body: str = "",
-    port: int | None = None,
     wait: bool = True,
+    preexec_fn: Callable[[], object] | None = None,
+    log_mode: str = "wb",
 ) -> Iterator[Node]:
-    """Start ``mailwarden run`` with a generated config in ``directory``; stop it afterwards."""
-    port = port or free_port()
-    config_path = write_config(directory, port, body=body, server=server)
+    """Run ``mailwarden run --config config_path`` in its own process group (so kill() reaches
+    every worker), logging to ``directory/mailwarden.log``; SIGTERM it afterwards, then kill -9
+    if it does not stop within 15 s."""
     log_path = directory / "mailwarden.log"
-    with open(log_path, "wb") as log_file:
+    with open(log_path, log_mode) as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
             cwd=directory,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # own process group, so kill() reaches every worker
+            start_new_session=True,
+            preexec_fn=preexec_fn,
         )
     node = Node(directory, config_path, port, process, log_path)
     try:
@@ -142,3 +144,19 @@ def running_node(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+@contextmanager
+def running_node(
+    directory: Path,
+    *,
+    server: str = "",
+    body: str = "",
+    port: int | None = None,
+    wait: bool = True,
+) -> Iterator[Node]:
+    """Start ``mailwarden run`` with a generated config in ``directory``; stop it afterwards."""
+    port = port or free_port()
+    config_path = write_config(directory, port, body=body, server=server)
+    with node_process(directory, config_path, port, wait=wait) as node:
+        yield node
