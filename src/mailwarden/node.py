@@ -16,7 +16,7 @@ import os
 import signal
 from pathlib import Path
 
-from mailwarden import logs
+from mailwarden import logs, stats
 from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import DEFAULT_SCRIPT, PolicyScript, ScriptError, load_script
 from mailwarden.smtp.server import SmtpServer, build_ssl_context
@@ -67,6 +67,7 @@ class Worker:
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self._flush_logs()
+        self._publish_stats()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _CONTROL_SIGNALS)  # handled from now on
         try:
             for settings in config.servers:
@@ -93,6 +94,17 @@ class Worker:
             )
         finally:
             spool.close()
+            with contextlib.suppress(OSError):
+                stats.publish(Path(self.config.node.data_dir), self.index)
+
+    def _publish_stats(self) -> None:
+        """Publish the counters for ``mailwarden stats`` now and again (see mailwarden.stats)."""
+        try:
+            stats.publish(Path(self.config.node.data_dir), self.index)
+        except OSError as error:
+            log.warning("worker %d: cannot publish statistics: %s", self.index, error)
+        if not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(stats.PUBLISH_INTERVAL, self._publish_stats)
 
     def _flush_logs(self) -> None:
         """Write buffered log lines now and again (see mailwarden.logs)."""
@@ -187,6 +199,8 @@ def run(config_path: str | None) -> int:
     Path(config.node.data_dir).mkdir(parents=True, exist_ok=True)
     pid_path = pid_file(config)
     pid_path.write_text(f"{os.getpid()}\n")
+    for stale in stats.stats_dir(Path(config.node.data_dir)).glob("worker-*.json"):
+        stale.unlink(missing_ok=True)  # counters of an earlier run, maybe with more workers
     workers = config.node.workers or os.cpu_count() or 1
     try:
         if workers == 1:

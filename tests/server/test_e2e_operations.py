@@ -19,6 +19,7 @@ from tests.server.conftest import (
     running_edited_node,
     send_transaction,
     wait_for_log,
+    wait_until,
     write_script,
 )
 from tests.support.node import Node, free_port, run_cli, running_node, write_config
@@ -367,3 +368,41 @@ def test_failed_reload_changes_no_listener(tmp_path: Path, tls_keys: str) -> Non
             client.greeting()
             client.ehlo()
             assert client.cmd("MAIL FROM:<a@sender.example>").text == "2.1.0 policy v1"
+
+
+def test_stats_count_queued_messages_and_script_errors(tmp_path: Path) -> None:
+    script = write_script(
+        tmp_path,
+        """
+        async def helo(conn, helo):
+            if helo.name == "raise.example":
+                raise RuntimeError("helo hook exploded")
+        """,
+    )
+    with running_node(tmp_path, server=script) as node:
+
+        def current() -> dict[str, int]:
+            result = node.mailwarden("stats", "--json")
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        with RawClient(node.port) as client:
+            client.greeting()
+            assert client.cmd("EHLO raise.example").code == 451
+            client.ehlo()
+            for n in range(3):
+                reply = send_transaction(
+                    client, "a@sender.example", ["b@example.org"], b"n %d\r\n" % n
+                )
+                assert reply.code == 250
+
+        def published() -> bool:
+            counts = current()
+            return counts["messages_queued"] == 3 and counts["script_errors"] == 1
+
+        wait_until(published, "the worker to publish its counters", timeout=15)
+        assert current()["connections"] >= 2  # the start-up probe and the client
+    # After a restart the counters start again from zero: the earlier run's file is gone.
+    with running_node(tmp_path, server=script, port=node.port) as again:
+        counts = json.loads(again.mailwarden("stats", "--json").stdout)
+        assert counts["messages_queued"] == 0

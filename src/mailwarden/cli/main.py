@@ -111,6 +111,27 @@ def config_check(config: ConfigOption = None) -> None:
     typer.echo(f"{source}: OK ({len(settings.servers)} server(s))")
 
 
+@app.command("stats")
+def stats_command(
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Counters summed over the node's workers (connections, messages, script errors, …),
+    counted since each worker started and published every few seconds."""
+    from mailwarden.stats import collect
+
+    settings = _load(config)
+    totals = collect(Path(settings.node.data_dir))
+    if as_json:
+        json.dump(totals, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    table = Table("counter", "value")
+    for name, value in totals.items():
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
 @queue_app.command("list")
 def queue_list(
     config: ConfigOption = None,
