@@ -581,3 +581,30 @@ async def test_slow_hook_never_blocks_other_clients(tmp_path: Path) -> None:
         await slow.data(b"Subject: slow\r\n\r\nslow\r\n")
         await slow.quit()
     assert sorted(m.sender for m in queued(node)) == ["fast@sender.example", "slow@sender.example"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"Subject: with body\r\n\r\nbody\r\n", b"Subject: no blank line\r\nX-Other: 1\r\n"],
+    ids=["with-body", "headers-only"],
+)
+def test_data_hook_sees_the_message_as_it_will_be_stored(tmp_path: Path, data: bytes) -> None:
+    script = write_script(
+        tmp_path,
+        """
+        from pathlib import Path
+
+        async def data(conn, tx, message):
+            raw = await message.raw()
+            out = Path(__file__).parent / "seen"
+            out.write_bytes(b"%d\\n" % message.size + raw)
+        """,
+    )
+    with running_node(tmp_path, server=script) as node, RawClient(node.port) as client:
+        client.greeting()
+        client.ehlo()
+        assert send_transaction(client, "a@sender.example", ["b@example.org"], data).code == 250
+        size_line, _, raw = (tmp_path / "seen").read_bytes().partition(b"\n")
+        stored = only_message(node)
+        assert raw == stored_bytes(node, stored.id)
+        assert int(size_line) == len(raw) == stored.size

@@ -148,17 +148,26 @@ class Message:
     """The received message at end of data. ``headers`` is editable; the body is read on
     demand, because it may live in a spool file rather than in memory."""
 
-    __slots__ = ("_open_body", "body_size", "headers")
+    __slots__ = ("_open_body", "_separator", "body_size", "headers")
 
-    def __init__(self, headers: Headers, body_size: int, open_body: Callable[[], BinaryIO]) -> None:
+    def __init__(
+        self,
+        headers: Headers,
+        body_size: int,
+        open_body: Callable[[], BinaryIO],
+        *,
+        has_body: bool = True,
+    ) -> None:
         self.headers = headers
         self.body_size = body_size
         self._open_body = open_body
+        # A message whose header section was never ended by a blank line has no separator.
+        self._separator = b"\r\n" if has_body else b""
 
     @property
     def size(self) -> int:
         """Size in octets of the message as it will be stored (headers as edited so far)."""
-        return len(self.headers.to_bytes()) + 2 + self.body_size
+        return len(self.headers.to_bytes()) + len(self._separator) + self.body_size
 
     def open_body(self) -> BinaryIO:
         """A binary file positioned at the start of the body; close it when done."""
@@ -171,7 +180,7 @@ class Message:
 
     async def raw(self) -> bytes:
         """Headers (as edited so far), the blank line and the body: the message as stored."""
-        return self.headers.to_bytes() + b"\r\n" + await self.body()
+        return self.headers.to_bytes() + self._separator + await self.body()
 
 
 def memory_body(data: bytes) -> Callable[[], BinaryIO]:

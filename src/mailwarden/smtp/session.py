@@ -446,7 +446,9 @@ class SmtpSession(asyncio.Protocol):
             counters.messages_rejected += 1
             return writer.error
         headers = Headers.parse(writer.header_block())
-        message = Message(headers, writer.body_size, writer.open_body)
+        message = Message(
+            headers, writer.body_size, writer.open_body, has_body=writer.has_separator
+        )
         try:
             action = await self._hook("data", self.conn, self.tx, message)
         except HookFailed:
