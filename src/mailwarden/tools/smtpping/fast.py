@@ -16,9 +16,9 @@ import asyncio
 import os
 import select
 import socket
-import sys
 from time import perf_counter_ns
 
+from .replies import ReplyReader
 from .session import CLOSED_CODE, TIMEOUT_CODE, PingResult, SessionPlan
 
 # A step: (bytes to send once the previous reply is in, or None for the banner;
@@ -101,10 +101,8 @@ class FastTransaction:
     """One plain transaction: connect, then each reply checked, marked and answered."""
 
     __slots__ = (
-        "_buffer",
-        "_debug",
         "_poller",
-        "_scanned",
+        "_reader",
         "_step",
         "_steps",
         "_unsent",
@@ -120,10 +118,8 @@ class FastTransaction:
     def __init__(self, poller: Poller, plan: SessionPlan, steps: tuple[Step, ...]) -> None:
         self._poller = poller
         self._steps = steps
-        self._debug = plan.debug
+        self._reader = ReplyReader(plan.debug)
         self._step = 0
-        self._buffer = b""
-        self._scanned = 0
         self._unsent: memoryview | None = None
         self.result = PingResult()
         self.done: asyncio.Future[PingResult] = poller.loop.create_future()
@@ -201,30 +197,11 @@ class FastTransaction:
                 return  # the socket is drained: the next edge brings more
 
     def _replies(self, data: bytes) -> None:
-        """Find complete replies (RFC 5321 §4.2: the last line has no '-') and act on each."""
-        buffer = self._buffer + data if self._buffer else data
-        # Lines before _scanned were already looked at (a reply that came in pieces).
-        position = self._scanned
-        reply_start = 0
-        while True:
-            newline = buffer.find(b"\n", position)
-            if newline < 0:
-                break
-            line_start, position = position, newline + 1
-            if self._debug:
-                sys.stderr.write(f"response {buffer[line_start:position].decode('latin-1')}")
-            if newline - line_start >= 4 and buffer[line_start + 3] == 0x2D:  # '-'
-                continue
-            reply_start = position
-            try:
-                code = int(buffer[line_start : line_start + 3])
-            except ValueError:
-                code = 0
+        """Act on each complete reply in ``data`` (and what came before it)."""
+        for code, _ in self._reader.feed(data):
             if self.done.done():
                 return
             self._reply(code)
-        self._buffer = buffer[reply_start:]
-        self._scanned = position - reply_start
 
     def _reply(self, code: int) -> None:
         _, expected, label, marked = self._steps[self._step]

@@ -17,12 +17,12 @@ import asyncio
 import base64
 import socket
 import ssl
-import sys
 from collections import deque
 from dataclasses import dataclass
 from time import perf_counter_ns
 
 from .message import Payload
+from .replies import ReplyReader
 
 # Indexes into PingResult.marks, in 1.1's order after connect.
 BANNER, HELO, MAILFROM, RCPTTO, DATA, DATASENT, QUIT = range(7)
@@ -79,9 +79,7 @@ class ReplyProtocol(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, debug: bool) -> None:
         self._loop = loop
-        self._debug = debug
-        self._buffer = b""
-        self._scanned = 0
+        self._reader = ReplyReader(debug)
         self._replies: deque[tuple[int, bytes]] = deque()
         self._waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self._closed = False
@@ -91,28 +89,8 @@ class ReplyProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        # Lines before _scanned were already looked at (a reply that came in pieces).
-        position = self._scanned
-        reply_start = 0
-        while True:
-            newline = buffer.find(b"\n", position)
-            if newline < 0:
-                break
-            line_start, position = position, newline + 1
-            if self._debug:
-                text = buffer[line_start:position].decode("latin-1")
-                sys.stderr.write(f"response {text}")
-            if newline - line_start >= 4 and buffer[line_start + 3] == 0x2D:  # '-'
-                continue
-            try:
-                code = int(buffer[line_start : line_start + 3])
-            except ValueError:
-                code = 0
-            self._deliver((code, buffer[reply_start:position]))
-            reply_start = position
-        self._buffer = buffer[reply_start:]
-        self._scanned = position - reply_start
+        for reply in self._reader.feed(data):
+            self._deliver(reply)
 
     def _deliver(self, reply: tuple[int, bytes]) -> None:
         waiter = self._waiter
