@@ -7,19 +7,23 @@ With ``--repeat R`` the pair runs R times, interleaved (Debian, ours, Debian, ou
 so both meters see the same background load; the table shows medians.
 Reported per meter and peer: messages per second (mean of the whole seconds after
 the first), CPU milliseconds per message (start-up included), and the ratios
-ours/Debian (median of the per-pair ratios). Ours runs from this checkout's ``src``.
+ours/Debian (median of the per-pair ratios). Ours runs from this checkout's ``src``;
+in -r mode it schedules itself as SCHED_BATCH, and ``--debian-batch`` adds Debian's
+meter run the same way (``chrt -b 0``) to show how much of the difference that is.
 
 Peers (see ../shared/peers/README.md): Postfix queue-only on 2601 and Haraka
-discard on 2603; ``--start-peers`` runs their start scripts first.
+discard on 2603; ``--start-peers`` runs their start scripts first. Postfix's queue
+is emptied (``postsuper -d ALL``) before each run against it.
 
 Usage: python benchmarks/smtpping_vs_debian.py [--duration 10] [--parallel 8] [--repeat 3]
-       [--processes N] [--start-peers]
+       [--processes N] [--start-peers] [--debian-batch]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -86,6 +90,18 @@ def run_meter(name: str, command: list[str], port: int, args: argparse.Namespace
     )
 
 
+def empty_postfix_queue() -> None:
+    """Delete what the queue-only peer kept from earlier runs.
+
+    Its queue manager rescans every deferred message, so a queue grown by earlier
+    runs (hundreds of thousands of messages after a few benchmarks) takes CPU
+    from whichever meter runs next. Each run starts from an empty queue instead.
+    """
+    if shutil.which("postsuper"):
+        subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
+        time.sleep(1)
+
+
 def start_peers() -> None:
     subprocess.run(["bash", str(PEER_SCRIPTS / "postfix-queue-only.sh"), "2601"], check=True)
     subprocess.run(
@@ -106,44 +122,46 @@ def main() -> None:
     )
     parser.add_argument("--peers", default="postfix:2601,haraka:2603", help="name:port,...")
     parser.add_argument("--start-peers", action="store_true", help="run the peer start scripts")
+    parser.add_argument(
+        "--debian-batch",
+        action="store_true",
+        help="also run Debian's meter under chrt -b (SCHED_BATCH, as ours runs in -r mode)",
+    )
     args = parser.parse_args()
     if args.start_peers:
         start_peers()
-    rows: list[tuple[str, Measurement, Measurement, float, float]] = []
-    for spec in args.peers.split(","):
-        peer, port = spec.split(":")
-        pairs: list[tuple[Measurement, Measurement]] = []
-        for _ in range(args.repeat):
-            pair = []
-            for name, command in (("debian", DEBIAN), ("mailwarden", OURS)):
-                measurement = run_meter(name, command, int(port), args)
-                measurement.peer = peer
-                pair.append(measurement)
-                time.sleep(2)  # let TIME_WAIT sockets and the peer's queue settle
-            pairs.append((pair[0], pair[1]))
-        rows.append(
-            (
-                peer,
-                _median_of(peer, "debian", [debian for debian, _ in pairs]),
-                _median_of(peer, "mailwarden", [ours for _, ours in pairs]),
-                statistics.median(ours.rate / debian.rate for debian, ours in pairs),
-                statistics.median(
-                    ours.cpu_ms_per_message / debian.cpu_ms_per_message for debian, ours in pairs
-                ),
-            )
-        )
+    meters = [("debian", DEBIAN), ("mailwarden", OURS)]
+    if args.debian_batch:
+        meters.append(("debian-batch", ["chrt", "-b", "0", *DEBIAN]))
     processes = f", --processes {args.processes}" if args.processes else ""
     print(
         f"smtpping -r -w 0 -P {args.parallel} -s {args.size}{processes}, "
         f"{args.duration:.0f} s per run, {args.repeat} interleaved run(s) each, "
         f"medians, {os.cpu_count()} CPUs"
     )
-    header = f"{'peer':<9}{'meter':<12}{'msg/s':>9}{'CPU ms/msg':>12}"
-    print(header)
-    for _, debian, ours, rate_ratio, cpu_ratio in rows:
-        for m in (debian, ours):
-            print(f"{m.peer:<9}{m.meter:<12}{m.rate:>9.0f}{m.cpu_ms_per_message:>12.3f}")
-        print(f"{'':<9}{'ratio':<12}{rate_ratio:>8.2f}x{cpu_ratio:>11.2f}x")
+    print(f"{'peer':<9}{'meter':<14}{'msg/s':>9}{'CPU ms/msg':>12}")
+    for spec in args.peers.split(","):
+        peer, port = spec.split(":")
+        runs: dict[str, list[Measurement]] = {name: [] for name, _ in meters}
+        for _ in range(args.repeat):
+            for name, command in meters:
+                if peer == "postfix":
+                    empty_postfix_queue()
+                measurement = run_meter(name, command, int(port), args)
+                measurement.peer = peer
+                runs[name].append(measurement)
+                time.sleep(2)  # let TIME_WAIT sockets and the peer's queue settle
+        for name, _ in meters:
+            median = _median_of(peer, name, runs[name])
+            print(f"{peer:<9}{name:<14}{median.rate:>9.0f}{median.cpu_ms_per_message:>12.3f}")
+        ours = runs["mailwarden"]
+        for name, _ in meters:
+            if name == "mailwarden":
+                continue
+            pairs = list(zip(runs[name], ours, strict=True))
+            rate_ratio = statistics.median(o.rate / d.rate for d, o in pairs)
+            cpu_ratio = statistics.median(o.cpu_ms_per_message / d.cpu_ms_per_message for d, o in pairs)
+            print(f"{'':<9}{'vs ' + name:<14}{rate_ratio:>8.2f}x{cpu_ratio:>11.2f}x")
 
 
 def _median_of(peer: str, meter: str, runs: list[Measurement]) -> Measurement:

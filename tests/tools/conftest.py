@@ -17,6 +17,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +51,19 @@ class ScriptedBehaviour:
     """How the scripted server answers; every field is a full reply line or None."""
 
     banner: bytes | None = b"220 scripted ESMTP\r\n"  # None: hang up at once
+    mail_reply: bytes = b"250 2.1.0 ok\r\n"
     rcpt_reply: bytes = b"250 2.1.5 ok\r\n"
     eom_reply: bytes = b"250 2.0.0 queued\r\n"
     hang_up_after_data: bool = False
+    silent_after: bytes | None = None  # a verb (b"MAIL") after which nothing is answered
+    # Send every reply in pieces, each its own TCP segment: "bytes" or "lines".
+    split: str | None = None
 
 
 class ScriptedSMTPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # hundreds of meters may connect at once
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), ScriptedHandler)
@@ -77,11 +83,14 @@ class ScriptedHandler(socketserver.StreamRequestHandler):
         behaviour = self.server.behaviour
         if behaviour.banner is None:
             return
-        send = self.wfile.write
+        send = self._send_in_pieces if behaviour.split else self.wfile.write
         send(behaviour.banner)
         transaction = Transaction()
         while line := self.rfile.readline():
             verb = line[:4].upper()
+            if verb == behaviour.silent_after:
+                self.rfile.read()  # say nothing until the client gives up
+                return
             if verb in (b"HELO", b"EHLO"):
                 transaction = Transaction(helo=line, peer=self.client_address[0])
                 if verb == b"EHLO":
@@ -90,7 +99,7 @@ class ScriptedHandler(socketserver.StreamRequestHandler):
                     send(b"250 scripted\r\n")
             elif verb == b"MAIL":
                 transaction.mail = line
-                send(b"250 2.1.0 ok\r\n")
+                send(behaviour.mail_reply)
             elif verb == b"RCPT":
                 transaction.rcpts.append(line)
                 send(behaviour.rcpt_reply)
@@ -112,6 +121,16 @@ class ScriptedHandler(socketserver.StreamRequestHandler):
                 return
             else:
                 send(b"502 5.5.2 not here\r\n")
+
+    def _send_in_pieces(self, reply: bytes) -> None:
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server.behaviour.split == "lines":
+            pieces = reply.splitlines(keepends=True)
+        else:
+            pieces = [reply[index : index + 1] for index in range(len(reply))]
+        for piece in pieces:
+            self.connection.sendall(piece)
+            time.sleep(0.001)  # so that each piece is read on its own
 
     def _read_data(self) -> bytes:
         lines = []

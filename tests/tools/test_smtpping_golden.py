@@ -39,8 +39,9 @@ def assert_same_output(theirs: Ran, mine: Ran) -> None:
         ["-C"],
         ["-H", "meter.example", "-c", "1"],
         ["-P", "1"],
+        ["-d", "-c", "1"],
     ],
-    ids=["default", "quiet", "size0", "size3-sender", "chunking", "helo", "P1"],
+    ids=["default", "quiet", "size0", "size3-sender", "chunking", "helo", "P1", "debug"],
 )
 def test_successful_pings_print_what_debian_prints(
     debian: list[str], ours: list[str], scripted_smtp: ScriptedSMTPServer, extra: list[str]

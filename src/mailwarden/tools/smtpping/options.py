@@ -54,6 +54,7 @@ Where: x@y.z  is the address that will receive e-mail
        --percentiles\tAdd p50/p90/p99 and stddev to the statistics
        --json\t\tOne JSON object per ping and a summary object
        --no-progress\tNever draw the live progress line
+       --scheduler\tbatch or normal CPU scheduling [default: batch with -r]
 
   If no @server is specified, smtpping will try to find the recipient domain's
   MX record, falling back on A/AAAA records.
@@ -95,6 +96,7 @@ LONG_OPTIONS = [
     "percentiles",
     "json",
     "no-progress",
+    "scheduler=",
 ]
 
 
@@ -146,11 +148,17 @@ class Options:
     percentiles: bool = False
     json: bool = False
     progress: bool = True
+    scheduler: str | None = None  # None: batch in rate mode, normal otherwise
 
     @property
     def workers(self) -> int:
         """Concurrent transactions: -P, or one when -P is 0 or absent (as in 1.1)."""
         return max(1, self.parallel)
+
+    @property
+    def batch_scheduling(self) -> bool:
+        """Run as SCHED_BATCH: asked for, or by default when -r measures throughput."""
+        return self.scheduler == "batch" or (self.scheduler is None and self.rate)
 
     @property
     def says_ehlo(self) -> bool:
@@ -299,5 +307,9 @@ def _apply(options: Options, flag: str, value: str) -> None:
             options.json = True
         case "--no-progress":
             options.progress = False
+        case "--scheduler":
+            if value not in ("batch", "normal"):
+                raise UsageError("--scheduler is batch or normal")
+            options.scheduler = value
         case _:  # pragma: no cover - getopt only yields the flags listed above
             raise UsageError(f"unknown option {flag}")

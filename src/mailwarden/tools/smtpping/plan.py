@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
-import ssl
+from typing import TYPE_CHECKING
 
 from .message import Payload
 from .options import Options
-from .session import SessionPlan
+from .result import SessionPlan
+
+if TYPE_CHECKING:
+    import ssl
 
 
 class SetupError(Exception):
@@ -21,6 +24,8 @@ def tls_context(options: Options) -> ssl.SSLContext | None:
     """
     if not (options.starttls or options.implicit_tls):
         return None
+    import ssl  # only TLS runs pay for loading it
+
     try:
         context = ssl.create_default_context(cafile=options.cafile)
         if not options.tls_verify:

@@ -22,16 +22,14 @@ from .runner import Run, WorkerOutcome
 
 def _child(run: Run, indexes: list[int], channel: Connection) -> None:
     """Body of one child: run its workers, report, and leave without cleanup handlers."""
-    from .cli import run_async
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     run.on_tick = lambda count: channel.send(("tick", count))
     run.tick_interval = 0.1
     run.stop_signal = signal.SIGUSR1
     try:
-        outcomes = run_async(run.run(indexes))
-        # The loop is closed and its handlers gone: a late stop request must not kill us.
+        outcomes = run.execute(indexes)
+        # The run is over and its handler gone: a late stop request must not kill us.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         channel.send(("done", run.stats, list(zip(indexes, outcomes, strict=True))))
     finally:

@@ -19,6 +19,11 @@ class ReplyReader:
         self._scanned = 0  # lines before this offset were already looked at
         self._debug = debug
 
+    @property
+    def empty(self) -> bool:
+        """No part of a reply is waiting for the rest of its bytes."""
+        return not self._buffer
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buffer = self._buffer + data if self._buffer else data
         position = self._scanned

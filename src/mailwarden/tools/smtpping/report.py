@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .session import TIMEOUT_CODE, PingResult
+from .result import TIMEOUT_CODE, PingResult
 from .stats import PHASES, RunStats
 
 MARK_NAMES = PHASES[1:]  # banner .. quit, as in PingResult.marks

@@ -1,15 +1,14 @@
-"""Run the pings: -P worker tasks on one event loop, the rate ticker, the progress line.
+"""One run of smtpping: its options and plan, what it counts and what it prints.
 
-Each worker behaves like one 1.1 process: it walks the address list until one
-accepts a TCP connection, prints its own PING header and numbers its own pings,
-and sends -c messages (so -P 4 -c 10 sends 40, as in 1.1). Stopping (Ctrl-C,
+The pinging itself is done by one of two drivers, chosen by ``execute``: the epoll
+engine (``engine.py``) for plain SMTP, and asyncio (``coroutines.py``) when the
+run needs TLS or AUTH. Both walk the same workers (``worker.py``) and report
+through the methods here, so their output is the same. Stopping (Ctrl-C,
 --duration) lets transactions in flight finish; a second Ctrl-C kills at once.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import signal
 import socket
 import sys
@@ -19,25 +18,12 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from . import report
-from .fast import Step, fast_ping, plan_steps
 from .options import Options
-from .session import PingResult, SessionPlan, ping
+from .result import PingResult, SessionPlan
 from .stats import PHASES, RunStats
+from .worker import Target, WorkerOutcome
 
-
-@dataclass(slots=True)
-class WorkerOutcome:
-    """Where a worker ended up: the address it pinged (None if none) and its last seq."""
-
-    address: str | None = None
-    seq: int = 0
-
-
-@dataclass(slots=True)
-class Target:
-    address: str
-    family: int
-    sockaddr: tuple[object, ...]
+__all__ = ["Run", "Target", "WorkerOutcome"]
 
 
 @dataclass
@@ -56,36 +42,54 @@ class Run:
     on_tick: Callable[[int], None] | None = None  # multi-process children report here
     tick_interval: float = 1.0
     stop_signal: int = signal.SIGINT
-    _wake: asyncio.Event | None = None
+    on_stop: Callable[[], None] | None = None  # the driver's way to end -w pauses early
+    keeps_phases: bool = field(init=False)
+    _second: int = 0
     _targets: dict[str, Target | None] = field(default_factory=dict)
-    _fast_steps: tuple[Step, ...] | None = None
 
     def __post_init__(self) -> None:
-        plan = self.plan
-        # Plain SMTP takes the raw-socket state machine; TLS and AUTH the coroutine path.
-        if not (plan.starttls or plan.implicit_tls or plan.auth):
-            self._fast_steps = plan_steps(plan)
+        options = self.options
+        # Only 1.1's statistics block, percentiles and JSON print phase timings;
+        # a run that prints none skips timing them (eight samples a ping).
+        self.keeps_phases = options.parallel <= 1 or options.percentiles or options.json
+
+    @property
+    def ticks(self) -> bool:
+        return self.options.rate or self.on_tick is not None
+
+    def execute(self, indexes: range | list[int] | None = None) -> list[WorkerOutcome]:
+        """Run every worker (or those given) to the end; outcomes in worker order."""
+        workers = indexes if indexes is not None else range(self.options.workers)
+        if self.plan.plain:
+            from .engine import run_plain
+
+            return run_plain(self, workers)
+        from .coroutines import run_async, run_workers
+
+        return run_async(run_workers(self, workers))
 
     def stop(self) -> None:
         self.stopping = True
-        if self._wake is not None:
-            self._wake.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
-    async def _target(self, address: str) -> Target | None:
-        """getaddrinfo as 1.1 does it, once per address; None (after 1.1's error) if it fails."""
-        if address in self._targets:
-            return self._targets[address]
-        loop = asyncio.get_running_loop()
-        target: Target | None = None
-        try:
-            infos = await loop.getaddrinfo(address, self.options.port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as error:
-            message = getattr(error, "strerror", None) or str(error)
-            self.err.write(f"getaddrinfo() failed {address}: {message}\n")
-        else:
-            family, _, _, _, sockaddr = infos[0]
-            target = Target(address, family, sockaddr)
-        self._targets[address] = target
+    def target(self, address: str) -> Target | None:
+        """getaddrinfo as 1.1 does it, once per address; None after 1.1's error line, or
+        when -4, -6 or -b rule the address family out."""
+        if address not in self._targets:
+            target: Target | None = None
+            try:
+                infos = socket.getaddrinfo(address, self.options.port, type=socket.SOCK_STREAM)
+            except (socket.gaierror, UnicodeError) as error:
+                message = getattr(error, "strerror", None) or str(error)
+                self.err.write(f"getaddrinfo() failed {address}: {message}\n")
+            else:
+                family, _, _, _, sockaddr = infos[0]
+                target = Target(address, family, sockaddr)
+            self._targets[address] = target
+        target = self._targets[address]
+        if target is None or not self._family_allowed(target.family):
+            return None
         return target
 
     def _family_allowed(self, family: int) -> bool:
@@ -94,144 +98,72 @@ class Run:
             return False
         return self.bind_family is None or family == self.bind_family
 
-    async def _pause(self, seconds: float) -> None:
-        if seconds <= 0 or self._wake is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+    def announce(self, address: str) -> None:
+        """The PING header a worker prints when it starts on an address."""
+        options = self.options
+        if not options.quiet and not options.json:
+            self.out.write(
+                report.header_line(options.recipient, address, options.port, self.announced_size)
+            )
 
-    def _record(self, result: PingResult) -> None:
+    def report(self, worker: int, seq: int, address: str, result: PingResult) -> None:
+        """Count one ping and print its line (stdout) or its error (stderr)."""
         stats = self.stats
-        phases = stats.phases
-        if result.connect_ns is not None:
-            phases["connect"].add(result.connect_ns)
-        for name, mark in zip(PHASES[1:], result.marks, strict=False):
-            phases[name].add(mark)
-        if result.ok:
+        if self.keeps_phases:
+            phases = stats.phases
+            if result.connect_ns is not None:
+                phases["connect"].add(result.connect_ns)
+            for name, mark in zip(PHASES[1:], result.marks, strict=False):
+                phases[name].add(mark)
+        options = self.options
+        if result.failure is None:
             stats.completed += 1
             self.completed_since_tick += 1
+            if options.json:
+                self.out.write(report.ping_json(worker, seq, address, options.port, result))
+            elif not options.quiet:
+                self.out.write(report.ping_line(seq, result))
+            return
+        stats.failed += 1
+        stats.errors[report.error_key(result)] += 1
+        if options.json:
+            self.out.write(report.ping_json(worker, seq, address, options.port, result))
         else:
-            stats.failed += 1
-            stats.errors[report.error_key(result)] += 1
+            self.err.write(report.error_line(seq, address, result))
 
-    async def worker(self, index: int) -> WorkerOutcome:
-        options = self.options
-        outcome = WorkerOutcome()
-        seq = 0
-        for address in self.addresses:
-            target = await self._target(address)
-            if target is None or not self._family_allowed(target.family):
-                continue
-            if not options.quiet and not options.json:
-                self.out.write(
-                    report.header_line(
-                        options.recipient, address, options.port, self.announced_size
-                    )
-                )
-            while not self.stopping and not (options.count and seq >= options.count):
-                if seq > 0:
-                    await self._pause(options.wait_ms / 1000)
-                    if self.stopping:
-                        break
-                    seq += 1
-                if self._fast_steps is not None:
-                    result = await fast_ping(
-                        target.sockaddr, target.family, self.plan, self._fast_steps
-                    )
-                else:
-                    result = await ping(target.sockaddr, target.family, self.plan)
-                connected = result.failure not in ("connect", "bind")
-                if connected and seq == 0:
-                    seq = 1
-                self._record(result)
-                if options.json:
-                    self.out.write(report.ping_json(index, seq, address, options.port, result))
-                elif result.ok:
-                    if not options.quiet:
-                        self.out.write(report.ping_line(seq, result))
-                else:
-                    self.err.write(report.error_line(seq, address, result))
-                if seq == 0:
-                    break  # never connected here: 1.1 moves on to the next address
-            if seq > 0:
-                outcome.address, outcome.seq = address, seq
-                break
-        return outcome
+    def tick(self) -> None:
+        """Print the messages completed since the last tick (-r), or hand them to the parent."""
+        count, self.completed_since_tick = self.completed_since_tick, 0
+        if self.on_tick is not None:
+            self.on_tick(count)
+        elif self.options.json:
+            self.out.write(report.rate_json(self._second, count))
+        else:
+            self.out.write(f"{count}\n")
+        self.out.flush()
+        self._second += 1
 
-    async def _rate_ticker(self) -> None:
-        """Print the messages completed in each second, starting with 0 as 1.1 does."""
-        second = 0
-        next_tick = time.monotonic()
-        while True:
-            count, self.completed_since_tick = self.completed_since_tick, 0
-            if self.on_tick is not None:
-                self.on_tick(count)
-            elif self.options.json:
-                self.out.write(report.rate_json(second, count))
-            else:
-                self.out.write(f"{count}\n")
-            self.out.flush()
-            second += 1
-            next_tick += self.tick_interval
-            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
-
-    async def _progress(self) -> None:
-        """Redraw one status line on the terminal every half second."""
-        await asyncio.sleep(1.0)
-        while True:
-            stats = self.stats
-            elapsed = time.monotonic() - self.started
-            self.err.write(
-                f"\r\x1b[K{stats.completed} sent, {stats.failed} failed, "
-                f"{stats.completed / elapsed:.0f} msg/s, {elapsed:.0f} s"
-            )
-            self.err.flush()
-            await asyncio.sleep(0.5)
-
-    def _wants_progress(self) -> bool:
+    def wants_progress(self) -> bool:
+        """A live line on a terminal, only when nothing else is printed a ping at a time."""
         options = self.options
         silent = (options.quiet and not options.rate) or (options.json and not self.out.isatty())
         return options.progress and silent and self.on_tick is None and self.err.isatty()
 
-    async def run(self, worker_indexes: range | list[int] | None = None) -> list[WorkerOutcome]:
-        """Run every worker to the end; returns their outcomes in worker order."""
-        loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
-        self.started = time.monotonic()
-        self._install_sigint(loop)
-        if self.options.duration_s:
-            loop.call_later(self.options.duration_s, self.stop)
-        helpers = []
-        if self.options.rate or self.on_tick is not None:
-            helpers.append(asyncio.create_task(self._rate_ticker()))
-        progress = self._wants_progress()
-        if progress:
-            helpers.append(asyncio.create_task(self._progress()))
-        indexes = worker_indexes if worker_indexes is not None else range(self.options.workers)
-        try:
-            outcomes = await asyncio.gather(*(self.worker(index) for index in indexes))
-        finally:
-            for helper in helpers:
-                helper.cancel()
-            if progress:
-                self.err.write("\r\x1b[K")
-            if self.on_tick is not None:
-                self.on_tick(self.completed_since_tick)
-        return list(outcomes)
+    def draw_progress(self) -> None:
+        stats = self.stats
+        elapsed = self.elapsed()
+        self.err.write(
+            f"\r\x1b[K{stats.completed} sent, {stats.failed} failed, "
+            f"{stats.completed / elapsed:.0f} msg/s, {elapsed:.0f} s"
+        )
+        self.err.flush()
 
-    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> None:
-        stop_signal = self.stop_signal
-
-        def first_interrupt() -> None:
-            # Like 1.1: the first Ctrl-C ends the run gracefully, the next one kills.
-            loop.remove_signal_handler(stop_signal)
-            if stop_signal == signal.SIGINT:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-            self.stop()
-
-        # Only the main thread may own signals; elsewhere Ctrl-C is left alone.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(stop_signal, first_interrupt)
+    def finish_helpers(self) -> None:
+        """After the last ping: erase the progress line, report the last partial tick."""
+        if self.wants_progress():
+            self.err.write("\r\x1b[K")
+        if self.on_tick is not None:
+            self.on_tick(self.completed_since_tick)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
