@@ -16,14 +16,13 @@ discard on 2603; ``--start-peers`` runs their start scripts first. Postfix's que
 is emptied (``postsuper -d ALL``) before each run against it.
 
 Usage: python benchmarks/smtpping_vs_debian.py [--duration 10] [--parallel 8] [--repeat 3]
-       [--processes N] [--start-peers] [--debian-batch]
+       [--processes N] [--scheduler batch|normal] [--start-peers] [--debian-batch]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from common import empty_postfix_queue
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PEER_SCRIPTS = REPOSITORY.parent / "shared" / "peers"
@@ -62,6 +63,8 @@ def run_meter(name: str, command: list[str], port: int, args: argparse.Namespace
     if name == "mailwarden":
         if args.processes:
             argv.insert(len(command), f"--processes={args.processes}")
+        if args.scheduler:
+            argv.insert(len(command), f"--scheduler={args.scheduler}")
         # Measure this checkout, whatever copy of the package is installed.
         source = str(REPOSITORY / "src")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
@@ -90,18 +93,6 @@ def run_meter(name: str, command: list[str], port: int, args: argparse.Namespace
     )
 
 
-def empty_postfix_queue() -> None:
-    """Delete what the queue-only peer kept from earlier runs.
-
-    Its queue manager rescans every deferred message, so a queue grown by earlier
-    runs (hundreds of thousands of messages after a few benchmarks) takes CPU
-    from whichever meter runs next. Each run starts from an empty queue instead.
-    """
-    if shutil.which("postsuper"):
-        subprocess.run(["postsuper", "-d", "ALL"], capture_output=True, check=False)
-        time.sleep(1)
-
-
 def start_peers() -> None:
     subprocess.run(["bash", str(PEER_SCRIPTS / "postfix-queue-only.sh"), "2601"], check=True)
     subprocess.run(
@@ -123,6 +114,11 @@ def main() -> None:
     parser.add_argument("--peers", default="postfix:2601,haraka:2603", help="name:port,...")
     parser.add_argument("--start-peers", action="store_true", help="run the peer start scripts")
     parser.add_argument(
+        "--scheduler",
+        choices=("batch", "normal"),
+        help="--scheduler for ours (default: its own, batch in -r mode)",
+    )
+    parser.add_argument(
         "--debian-batch",
         action="store_true",
         help="also run Debian's meter under chrt -b (SCHED_BATCH, as ours runs in -r mode)",
@@ -134,6 +130,7 @@ def main() -> None:
     if args.debian_batch:
         meters.append(("debian-batch", ["chrt", "-b", "0", *DEBIAN]))
     processes = f", --processes {args.processes}" if args.processes else ""
+    processes += f", ours --scheduler {args.scheduler}" if args.scheduler else ""
     print(
         f"smtpping -r -w 0 -P {args.parallel} -s {args.size}{processes}, "
         f"{args.duration:.0f} s per run, {args.repeat} interleaved run(s) each, "
@@ -146,7 +143,9 @@ def main() -> None:
         for _ in range(args.repeat):
             for name, command in meters:
                 if peer == "postfix":
+                    # Its queue manager keeps rescanning what earlier runs queued.
                     empty_postfix_queue()
+                    time.sleep(1)
                 measurement = run_meter(name, command, int(port), args)
                 measurement.peer = peer
                 runs[name].append(measurement)
@@ -160,7 +159,9 @@ def main() -> None:
                 continue
             pairs = list(zip(runs[name], ours, strict=True))
             rate_ratio = statistics.median(o.rate / d.rate for d, o in pairs)
-            cpu_ratio = statistics.median(o.cpu_ms_per_message / d.cpu_ms_per_message for d, o in pairs)
+            cpu_ratio = statistics.median(
+                o.cpu_ms_per_message / d.cpu_ms_per_message for d, o in pairs
+            )
             print(f"{'':<9}{'vs ' + name:<14}{rate_ratio:>8.2f}x{cpu_ratio:>11.2f}x")
 
 

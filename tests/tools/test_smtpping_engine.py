@@ -3,14 +3,15 @@
 Replies are parsed in place only when one whole one-line reply arrives alone; these
 tests feed it everything else (replies a byte at a time, multiline EHLO, two replies
 in one segment), a message far larger than a socket buffer, a server that stops
-answering, hundreds of concurrent transactions, and check the scheduling policy
-that -r asks for.
+answering and a handshake that never ends, hundreds of concurrent transactions
+(also under a low limit on open files), and check the scheduling policy -r asks for.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import time
@@ -184,3 +185,23 @@ def test_a_handshake_that_never_completes_fails_the_connect_after_the_timeout(
     assert ran.stderr == "seq=0: connect() failed 127.0.0.1\n"
     assert ran.stdout.endswith("--- no pings were sent ---\n")
     assert 1 <= elapsed < 10
+
+
+def test_a_low_soft_limit_on_open_files_is_raised_for_many_workers(
+    ours: list[str], scripted_smtp: ScriptedSMTPServer
+) -> None:
+    def low_soft_limit() -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    args = ["-r", "-P", "300", "-c", "1", "--timeout", "5", "-w", "0", "-s", "1"]
+    done = subprocess.run(
+        [*ours, *args, *target(scripted_smtp)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=low_soft_limit,
+        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
+    )
+    assert "300 messages completed in " in done.stdout
+    assert "errors: none" in done.stdout

@@ -99,17 +99,34 @@ def use_batch_scheduling() -> None:
             os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
+def allow_descriptors_for(workers: int) -> None:
+    """Raise the soft limit on open files to what -P needs, up to the hard limit.
+
+    Each worker holds one socket; many systems start processes with a soft limit
+    of 1024 and a far higher hard one, and -P 5000 should not fail on the first.
+    """
+    import resource
+
+    needed = workers + 64  # the interpreter's own files, epoll, pipes to children
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def execute(options: Options) -> int:
     prepared = prepare(options)
     if isinstance(prepared, int):
         return prepared
     run = prepared
+    # Both before --processes forks: the children inherit them.
+    allow_descriptors_for(options.workers)
     if options.batch_scheduling:
-        use_batch_scheduling()  # before --processes forks: the children inherit it
+        use_batch_scheduling()
     if options.processes > 1 and options.workers > 1:
         from .processes import run_in_processes
 
-        # Forked children must not inherit a running event loop: fork from plain code.
         outcomes = run_in_processes(run)
     else:
         outcomes = run.execute()

@@ -27,6 +27,8 @@ def _child(run: Run, indexes: list[int], channel: Connection) -> None:
     run.on_tick = lambda count: channel.send(("tick", count))
     run.tick_interval = 0.1
     run.stop_signal = signal.SIGUSR1
+    # A stop that comes before the run has installed its own handler still counts.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: run.stop())
     try:
         outcomes = run.execute(indexes)
         # The run is over and its handler gone: a late stop request must not kill us.
