@@ -1,9 +1,13 @@
-"""What smtpping does beyond 1.1: JSON, rate summary, --duration, --processes, Ctrl-C."""
+"""What smtpping does beyond 1.1: JSON, rate summary, --duration, --processes, Ctrl-C,
+the progress line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 
@@ -111,3 +115,28 @@ def test_no_progress_line_when_stderr_is_a_pipe(
 ) -> None:
     ran = run_smtpping(ours, "-q", "-c", "3", "-w", "400", *target(scripted_smtp))
     assert ran.stderr == ""
+
+
+def test_progress_line_is_redrawn_on_a_terminal(
+    ours: list[str], scripted_smtp: ScriptedSMTPServer
+) -> None:
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [*ours, "-q", "--duration", "2.2", "-w", "50", "-s", "1", *target(scripted_smtp)],
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        text=True,
+        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
+    )
+    os.close(secondary)
+    drawn = b""
+    with contextlib.suppress(OSError):  # EIO once the child has closed the terminal
+        while chunk := os.read(primary, 4096):
+            drawn += chunk
+    os.close(primary)
+    assert process.wait(timeout=30) == 0
+    frames = [frame for frame in drawn.decode().split("\r\x1b[K") if frame]
+    # Drawn after 1 s and every 0.5 s after that, then erased before the statistics.
+    assert 2 <= len(frames) <= 4
+    assert all(re.fullmatch(r"\d+ sent, 0 failed, \d+ msg/s, \d s", frame) for frame in frames)
+    assert drawn.endswith(b"\r\x1b[K")
