@@ -207,7 +207,15 @@ class PlainTransaction:
             self.finish(None)
             return
         self._step += 1
-        self._send(command)
+        try:
+            sent = self.sock.send(command)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self.finish(CLOSED_CODE)
+            return
+        if sent != len(command):
+            self._send_later(command, sent)
 
     def _other_events(self, events: int) -> None:
         if not self.connected_ns:
@@ -287,7 +295,10 @@ class PlainTransaction:
                 self._unsent = None
                 self._quick = self._reader is None
             return
-        # The rest goes out when epoll reports room again.
+        self._send_later(data, sent)
+
+    def _send_later(self, data: bytes | memoryview, sent: int) -> None:
+        """Keep what the socket did not take; it goes out when epoll reports room."""
         self._unsent = memoryview(data)[sent:]
         self._quick = False
         if not self._wants_write:
