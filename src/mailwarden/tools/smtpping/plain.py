@@ -229,19 +229,25 @@ class PlainTransaction:
         if events & (select.EPOLLIN | _BROKEN) and self.sock is not None:
             self._read()
 
-    def _read(self) -> None:
+    def _recv(self) -> int | None:
+        """Read into the shared buffer: the size (0 once the peer has closed), or None
+        when there is nothing to read yet. ``on_events`` does the same inline."""
         try:
-            size = self.sock.recv_into(_BUFFER)  # type: ignore[union-attr]
+            return self.sock.recv_into(_BUFFER)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError:
-            size = 0
-        self._read_rest(size)
+            return 0
 
-    def _read_rest(self, size: int) -> None:
+    def _read(self) -> None:
+        size = self._recv()
+        if size is not None:
+            self._read_rest(size)
+
+    def _read_rest(self, size: int | None) -> None:
         """Feed ``size`` bytes of the buffer to the reader, then read until drained."""
         sock = self.sock
-        while True:
+        while size is not None:
             if not size:
                 self.finish(CLOSED_CODE)
                 return
@@ -260,12 +266,7 @@ class PlainTransaction:
                     self._reader = None  # back to parsing in place
                     self._quick = self._unsent is None
                 return  # drained: the next edge brings more
-            try:
-                size = sock.recv_into(_BUFFER)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                size = 0
+            size = self._recv()
 
     def _reply(self, code: int) -> None:
         low, high, label, marks, is_eom, command = self._steps[self._step]

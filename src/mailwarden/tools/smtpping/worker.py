@@ -42,7 +42,6 @@ class WorkerCursor:
         "_count",
         "_target",
         "_wait_s",
-        "done",
         "index",
         "outcome",
         "run",
@@ -54,7 +53,6 @@ class WorkerCursor:
         self.index = index
         self.seq = 0
         self.outcome = WorkerOutcome()
-        self.done = False
         self._addresses = iter(run.addresses)
         self._count = run.options.count  # 0: no limit
         self._wait_s = run.options.wait_ms / 1000
@@ -86,7 +84,6 @@ class WorkerCursor:
         return self._finish(None)
 
     def _finish(self, address: str | None) -> None:
-        self.done = True
         if address is not None:
             self.outcome.address, self.outcome.seq = address, self.seq
         return None
