@@ -106,6 +106,11 @@ async def test_helper_package_relative_imports_and_import_inside_a_hook(tmp_path
     write(tmp_path, "lists/domains.py", "from . import names\n\nBLOCKED = names.ALL\n")
     write(tmp_path, "lists/names.py", 'ALL = {"spam.example"}\n')
     write(tmp_path, "late.py", 'WORD = "late"\n')
+    write(
+        tmp_path,
+        "only_in_hook.py",
+        "from dataclasses import dataclass\n\n@dataclass\nclass W:\n    w: str\n",
+    )
     path = write(
         tmp_path,
         "policy.py",
@@ -117,14 +122,17 @@ async def test_helper_package_relative_imports_and_import_inside_a_hook(tmp_path
 
 
         async def mail_from(conn, tx, sender):
-            import late  # imported while the hook runs, not at load
+            import late  # already loaded: the same module
+            import only_in_hook  # first imported while the hook runs, not at load
 
             assert late is same_late
-            return Accept(text=" ".join([*sorted(BLOCKED), *sorted(names.ALL), late.WORD]))
+            words = [*sorted(BLOCKED), *sorted(names.ALL), late.WORD, only_in_hook.W("hook").w]
+            return Accept(text=" ".join(words))
         """,
     )
     script = load_script(path)
-    assert await hook_text(script) == "spam.example spam.example late"
+    assert "only_in_hook" not in vars(script.module)
+    assert await hook_text(script) == "spam.example spam.example late hook"
 
 
 def test_helper_failing_at_import_names_the_helper_file_and_line(tmp_path: Path) -> None:

@@ -85,6 +85,7 @@ class _ScriptDirectory:
         self.prefix = prefix  # the script's module name; helpers are named prefix.NAME
         self.modules: dict[str, ModuleType] = {}
         self.files: set[Path] = set()  # every helper file run, to name one in load errors
+        self.not_local: set[str] = set()  # top-level names found not to be beside the script
         self.script: ModuleType | None = None  # set once the script's module exists
         self.builtins = dict(vars(builtins))
         self.builtins["__import__"] = self._import
@@ -111,7 +112,14 @@ class _ScriptDirectory:
         """The name inside this directory that an import means, or None if it is not local."""
         if level == 0:
             top = name.partition(".")[0]
-            return name if top in self.modules or self._file_for(self.directory, top) else None
+            if top in self.modules:
+                return name
+            if top in self.not_local:
+                return None  # `import json` inside a hook costs no file lookups after the first
+            if self._file_for(self.directory, top):
+                return name
+            self.not_local.add(top)
+            return None
         package = globals.get("__package__") or ""
         if package != self.prefix and not package.startswith(self.prefix + "."):
             return None
