@@ -241,12 +241,33 @@ async def test_slow_hook_times_out(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert "timed out" in caplog.text
 
 
-async def test_slow_hook_does_not_block_other_tasks(tmp_path: Path) -> None:
-    source = "import asyncio\n\nasync def connect(conn):\n    await asyncio.sleep(0.3)\n"
-    slow = asyncio.create_task(call(tmp_path, source, "connect", connection()))
-    await asyncio.wait_for(asyncio.sleep(0.01), timeout=0.2)
-    assert not slow.done()
+async def test_slow_hook_lets_another_connections_hook_run_meanwhile(tmp_path: Path) -> None:
+    # The slow connection's hook can only finish after the other connection's hook has run:
+    # if hook calls were serialised (a lock, a blocking wait), the slow one would time out.
+    source = """
+        import asyncio
+
+        order = []
+        other_ran = asyncio.Event()
+
+        async def connect(conn):
+            if conn.id == "slow":
+                order.append("slow started")
+                await other_ran.wait()
+                order.append("slow finished")
+            else:
+                order.append(f"{conn.id} ran")
+                other_ran.set()
+        """
+    script = load_script(write_script(tmp_path, source))
+    slow_conn = Connection("slow", "inbound", "203.0.113.5", 40000, "192.0.2.1", 25)
+    fast_conn = Connection("fast", "inbound", "203.0.113.6", 40001, "192.0.2.1", 25)
+    slow = asyncio.create_task(call_hook(script, "connect", "slow", 5.0, slow_conn))
+    await asyncio.sleep(0)  # let the slow hook start and block on its event
+    assert await call_hook(script, "connect", "fast", 5.0, fast_conn) is None
     assert await slow is None
+    assert script.module is not None
+    assert script.module.order == ["slow started", "fast ran", "slow finished"]
 
 
 async def test_raised_reject_is_returned_like_a_returned_one(tmp_path: Path) -> None:

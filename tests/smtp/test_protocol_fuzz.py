@@ -136,6 +136,7 @@ protocol_settings = st.builds(
     max_recipients=st.sampled_from([1, 2, 1000]),
     max_message_size=st.sampled_from([30, 1000, 50_000_000]),
     max_text_line=st.sampled_from([40, 1000]),
+    strict_line_length=st.booleans(),
     bare_line_endings=st.sampled_from(list(BareLineEndings)),
     reject_early_talkers=st.booleans(),
     tls_available=st.booleans(),

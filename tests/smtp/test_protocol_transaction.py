@@ -239,17 +239,32 @@ def test_message_exactly_at_the_size_limit_is_accepted(smtp: Driver) -> None:
     assert completed(t) == 1 and t.codes[-1] == 250
 
 
-def test_text_line_limit(smtp: Driver) -> None:
-    """RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF."""
+STRICT = ProtocolSettings(strict_line_length=True)
+
+
+def test_text_line_limit_in_strict_mode(smtp: Driver) -> None:
+    """RFC 5321 §4.5.3.1.6: 1000 octets with the CRLF, enforced when the listener opts in."""
     ok = b"a" * 998 + b"\r\n"
-    t = smtp(one_message(ok + b".\r\n") + b"DATA\r\n")
+    t = smtp(one_message(ok + b".\r\n") + b"DATA\r\n", settings=STRICT)
     assert completed(t) == 1
-    t = smtp(one_message(ok + b"b" * 999 + b"\r\n" + ok + b".\r\n") + session("NOOP"))
+    t = smtp(
+        one_message(ok + b"b" * 999 + b"\r\n" + ok + b".\r\n") + session("NOOP"), settings=STRICT
+    )
     assert t.codes == [220, 250, 250, 250, 354, 500, 250]
     assert t.replies[5].lines == ("5.5.2 Line too long in message data",)
     assert completed(t) == 0
 
 
+def test_line_over_1000_octets_is_accepted_by_default(smtp: Driver) -> None:
+    """RFC 5321 §4.5.3.1: avoid the limit where possible; real senders exceed it."""
+    body = b"a" * 998 + b"\r\n" + b"b" * 999 + b"\r\n" + b"c" * 20_000 + b"\r\n"
+    t = smtp(one_message(body + b".\r\n") + session("NOOP"))
+    assert t.codes == [220, 250, 250, 250, 354, 250, 250]
+    assert completed(t) == 1
+    assert t.data == body
+
+
+@pytest.mark.parametrize("settings", [ProtocolSettings(), STRICT], ids=["default", "strict"])
 @pytest.mark.parametrize(
     "body",
     [
@@ -258,16 +273,18 @@ def test_text_line_limit(smtp: Driver) -> None:
         b"c" * 1500 + b"\x00\r\nx\ry\r\n",  # long line, NUL, bare CR
     ],
 )
-def test_several_faults_get_one_answer_however_the_bytes_arrive(smtp: Driver, body: bytes) -> None:
+def test_several_faults_get_one_answer_however_the_bytes_arrive(
+    smtp: Driver, body: bytes, settings: ProtocolSettings
+) -> None:
     """The most serious fault is reported (smuggling first), not the first one a particular
     packet split happened to reveal; byte-by-byte mode also compares with whole."""
-    t = smtp(one_message(body + b".\r\n"))
+    t = smtp(one_message(body + b".\r\n"), settings=settings)
     assert t.codes[-1] == 550
     assert "Bare CR or LF" in t.replies[-1].text
 
 
-def test_enormous_line_does_not_pile_up(smtp: Driver) -> None:
-    t = smtp(one_message(b"z" * 100_000 + b"\r\n.\r\n") + session("NOOP"))
+def test_enormous_line_does_not_pile_up_in_strict_mode(smtp: Driver) -> None:
+    t = smtp(one_message(b"z" * 100_000 + b"\r\n.\r\n") + session("NOOP"), settings=STRICT)
     assert t.codes[-2:] == [500, 250]
     assert len(t.conn._inbuf) == 0
 

@@ -6,7 +6,7 @@ here, pointed at the fixture with SMTPPING_NAMESERVER=127.0.0.1:<port>.
 
 from __future__ import annotations
 
-from conftest import LoopbackDNS, ScriptedSMTPServer, run_smtpping
+from tests.support.smtpping import LoopbackDNS, ScriptedSMTPServer, run_smtpping
 
 
 def nameserver(dns_server: LoopbackDNS) -> str:

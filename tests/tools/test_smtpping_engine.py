@@ -17,7 +17,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ScriptedSMTPServer, normalise, run_smtpping
+from tests.support.smtpping import ScriptedSMTPServer, normalise, run_smtpping
 
 from mailwarden.tools.smtpping.message import generated_message
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Ran, ScriptedSMTPServer, normalise, run_smtpping
+from tests.support.smtpping import Ran, ScriptedSMTPServer, normalise, run_smtpping
 
 
 def both(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import run_smtpping
+from tests.support.smtpping import run_smtpping
 
 from mailwarden.tools.smtpping.options import Options, parse_args, strtoul
 

@@ -11,7 +11,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from conftest import run_smtpping
+from tests.support.smtpping import run_smtpping
 
 
 class Recorder:

@@ -235,7 +235,12 @@ class LimitSettings(BaseModel):
     model_config = _MODEL
 
     command_line: int = Field(512, ge=512, description="Octets per command line, CRLF included.")
-    text_line: int = Field(1000, ge=1000, description="Octets per line of message text.")
+    text_line: int = Field(
+        1000, ge=1000, description="Octets per line of message text, when strict_line_length."
+    )
+    strict_line_length: bool = Field(
+        False, description="Refuse a message with a line longer than text_line (500 5.5.2)."
+    )
     local_part: int = Field(64, ge=64, description="Octets in the local part of an address.")
     domain: int = Field(255, ge=255, description="Octets in a domain name.")
     path: int = Field(256, ge=256, description="Octets in a reverse- or forward-path.")
@@ -339,6 +344,7 @@ class ServerSettings(BaseModel):
             hostname=self.hostname or node_hostname,
             max_command_line=limits.command_line,
             max_text_line=limits.text_line,
+            strict_line_length=limits.strict_line_length,
             address_limits=Limits(
                 local_part=limits.local_part, domain=limits.domain, path=limits.path
             ),

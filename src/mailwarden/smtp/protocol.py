@@ -58,7 +58,12 @@ class ProtocolSettings:
 
     hostname: str = "localhost"
     max_command_line: int = 512
+    # RFC 5321 §4.5.3.1.6 allows text lines of 1000 octets (CRLF included) but §4.5.3.1 asks
+    # servers to avoid such limits where they can, and real senders (HTML generators, unfolded
+    # base64) exceed it daily: a longer line is data like any other unless the listener opts
+    # in to refusing it.
     max_text_line: int = 1000
+    strict_line_length: bool = False
     address_limits: Limits = field(default_factory=Limits)
     max_recipients: int = 1000
     max_message_size: int = 50 * 1024 * 1024
@@ -90,6 +95,10 @@ _RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 # RFC 4954 §4: AUTH lines (command with initial response, or an answer) up to 12288 octets.
 _AUTH_LINE_LIMIT = 12288
 _DATA_END = b"\r\n.\r\n"
+# Most octets of one DATA line held in memory (less when max_text_line is smaller): the rest of
+# a longer line is checked and passed on as it comes, so memory stays bounded however long the
+# line is, in strict mode or not.
+_LINE_HOLD = 1000
 # Which content error a refused message reports when it broke several rules (lower wins):
 # smuggling first, as it is the one an operator must be able to find in the logs.
 _DATA_ERROR_RANK = {
@@ -126,6 +135,7 @@ class SmtpConnection:
         self._skipping_line = False
         self._eof = False
         self._buffer_limit = max(settings.max_command_line + _PARAMETER_ALLOWANCE, _AUTH_LINE_LIMIT)
+        self._line_hold = min(settings.max_text_line, _LINE_HOLD)
         self.errors = 0
         self.auth_failures = 0
         self.tls_active = False
@@ -787,9 +797,11 @@ class SmtpConnection:
             self._data_reason = reason
 
     def _check_lines(self, content: bytes) -> None:
-        """Bare CR/LF, NUL and line-length rules for a run of DATA bytes.
+        """Bare CR/LF, NUL and (in strict mode) line-length rules for a run of DATA bytes.
 
-        ``content`` is a run of complete lines, or the start of one overlong line.
+        ``content`` is a run of complete lines, or the start of one long line. The bare CR/LF
+        and NUL rules judge every octet the same way whatever the line length: only the
+        length rule depends on ``strict_line_length``.
         """
         # One split serves all three rules (the profile showed separate scans to cost more
         # than the rest of the DATA path): once every CRLF is gone, any CR or LF left is bare.
@@ -803,6 +815,8 @@ class SmtpConnection:
             self._fail_data(
                 replies.BARE_LINE_ENDING.with_text("NUL character in message data"), "NUL in data"
             )
+        if not self.settings.strict_line_length:
+            return
         # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
         limit = self.settings.max_text_line - 2
         if self._line_length + len(lines[0]) > limit or (
@@ -823,8 +837,8 @@ class SmtpConnection:
             # No terminator yet: take every complete line, keep the tail for the next round.
             last = buf.rfind(b"\r\n")
             if last < 0:
-                if len(buf) > self.settings.max_text_line:
-                    # One enormous line: check and count what is dropped exactly as if the
+                if len(buf) > self._line_hold:
+                    # One long line: check and pass on what is dropped exactly as if the
                     # line had come whole, and keep only a possible CR of a coming CRLF.
                     dropped = bytes(buf[:-1])
                     self._check_lines(dropped)
