@@ -86,6 +86,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def node_user_line() -> str:
+    """The ``[node]`` line a test config needs to run as whoever runs the tests: as root the
+    node refuses to serve unless ``user = "root"`` is said explicitly (CI runs as root)."""
+    return 'user = "root"' if os.geteuid() == 0 else ""
+
+
 def write_config(directory: Path, port: int, body: str = "", server: str = "") -> Path:
     """A config with one server ``inbound`` on ``port``; ``server`` adds keys to that server,
     ``body`` appends more tables (e.g. ``[servers.limits]``) after it."""
@@ -96,6 +102,7 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
         workers = 1
         shutdown_grace = 5
         hostname = "mx.test.example"
+        {node_user_line()}
 
         [[servers]]
         id = "inbound"
@@ -160,3 +167,28 @@ def running_node(
     config_path = write_config(directory, port, body=body, server=server)
     with node_process(directory, config_path, port, wait=wait) as node:
         yield node
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The worker processes a supervisor forked (its children, from /proc)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited: no /proc entry, or a zombie nobody reaped yet (an orphan's
+    new parent may be slow to reap, or never reap, inside a container)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status or "\nState:\tX" in status
+
+
+def proc_ids(pid: int) -> tuple[list[int], list[int]]:
+    """The (real, effective, saved, fs) uids and gids of a process, from /proc/<pid>/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = [int(part) for part in value.split()] if name in ("Uid", "Gid") else []
+    return fields["Uid"], fields["Gid"]
