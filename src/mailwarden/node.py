@@ -455,6 +455,8 @@ class Worker:
 
     def _report_ready(self) -> None:
         if self.link is None:
+            log.info("node ready: 1 worker")
+            logs.flush_all()
             notify("READY=1", f"MAINPID={os.getpid()}")
             return
         self.link.report("ready")
@@ -744,8 +746,9 @@ class Supervisor:
             self._start_up()
             if not self.stopping:
                 self.started = True
-                notify("READY=1", f"MAINPID={os.getpid()}")
                 log.info("node ready: %d workers", len(self.slots))
+                logs.flush_all()
+                notify("READY=1", f"MAINPID={os.getpid()}")
             self._serve()
         finally:
             for sig, handler in previous.items():
@@ -778,7 +781,7 @@ class Supervisor:
                 if slot.restart_at is not None and now >= slot.restart_at:
                     slot.restart_at = None
                     if not self.stopping:
-                        self._spawn(slot)
+                        self._respawn(slot)
             if self.reload_deadline is not None and now >= self.reload_deadline:
                 log.warning("reload: not every worker reported back; ready again anyway")
                 self._reload_done()
@@ -818,6 +821,7 @@ class Supervisor:
         for signum in signals:
             self._handle_signal(signum)
         self._reap()
+        logs.flush_all()  # the supervisor has no event loop to flush its log lines for it
 
     def _handle_signal(self, signum: int) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
@@ -928,6 +932,15 @@ class Supervisor:
         slot.restart_at = now + delay
 
     # --- forking ---------------------------------------------------------------------------
+
+    def _respawn(self, slot: _Slot) -> None:
+        try:
+            self._spawn(slot)
+        except OSError as error:  # EAGAIN, ENOMEM: try again later rather than die
+            delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2**slot.deaths)
+            slot.deaths += 1
+            log.error("cannot fork worker %d: %s; trying again in %.1fs", slot.index, error, delay)
+            slot.restart_at = time.monotonic() + delay
 
     def _spawn(self, slot: _Slot) -> None:
         status_read, status_write = os.pipe2(os.O_CLOEXEC)

@@ -112,9 +112,10 @@ def test_workers_serve_as_node_user(
         serving = _serving_processes(node.process.pid, workers)
         assert len(serving) == workers
         for pid in serving:
-            uids, gids = proc_ids(pid)
+            uids, gids, groups = proc_ids(pid)
             assert uids == [account.pw_uid] * 4, (pid, uids)
             assert gids == [account.pw_gid] * 4, (pid, gids)
+            assert 0 not in groups or account.pw_uid == 0, groups  # root's groups are shed
         if workers > 1 and IS_ROOT:
             # The supervisor stays root, to fork replacements that bind port 25 again.
             assert proc_ids(node.process.pid)[0][1] == 0

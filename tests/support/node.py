@@ -116,6 +116,24 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
     return path
 
 
+def _ready_lines(log_path: Path) -> int:
+    try:
+        return log_path.read_text(errors="replace").count("node ready: ")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_ready(node: Node, count: int = 1, timeout: float = 15.0) -> None:
+    """Wait for the node's "node ready" log line (written once every worker listens)."""
+    deadline = time.monotonic() + timeout
+    while _ready_lines(node.log_path) < count:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"mailwarden exited with {node.process.returncode}: {node.log()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 'node ready' line after {timeout}s: {node.log()}")
+        time.sleep(0.02)
+
+
 @contextmanager
 def node_process(
     directory: Path,
@@ -130,6 +148,7 @@ def node_process(
     every worker), logging to ``directory/mailwarden.log``; SIGTERM it afterwards, then kill -9
     if it does not stop within 15 s."""
     log_path = directory / "mailwarden.log"
+    earlier_starts = _ready_lines(log_path) if "a" in log_mode else 0
     with open(log_path, log_mode) as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
@@ -143,6 +162,8 @@ def node_process(
     try:
         if wait:
             wait_for_port(port, process=process)
+            # Every worker listens (the first one may accept before the others are up).
+            wait_for_ready(node, earlier_starts + 1)
         yield node
     finally:
         if process.poll() is None:
@@ -185,10 +206,12 @@ def process_gone(pid: int) -> bool:
     return "\nState:\tZ" in status or "\nState:\tX" in status
 
 
-def proc_ids(pid: int) -> tuple[list[int], list[int]]:
-    """The (real, effective, saved, fs) uids and gids of a process, from /proc/<pid>/status."""
+def proc_ids(pid: int) -> tuple[list[int], list[int], list[int]]:
+    """The (real, effective, saved, fs) uids and gids of a process and its supplementary
+    groups, from /proc/<pid>/status."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        fields[name] = [int(part) for part in value.split()] if name in ("Uid", "Gid") else []
-    return fields["Uid"], fields["Gid"]
+        if name in ("Uid", "Gid", "Groups"):
+            fields[name] = [int(part) for part in value.split()]
+    return fields["Uid"], fields["Gid"], fields["Groups"]
