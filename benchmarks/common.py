@@ -96,6 +96,7 @@ def start_mailwarden(
         [node]
         data_dir = "{directory / "data"}"
         workers = {workers}
+        {'user = "root"' if os.geteuid() == 0 else ""}  # as root, said explicitly
         log_level = "info"  # the default: a line per message, as Postfix logs
 
         [[servers]]

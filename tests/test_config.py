@@ -76,7 +76,7 @@ def test_defaults_need_no_file(tmp_path, monkeypatch):
         assert config.source is None
         assert config.node.data_dir == tmp_path / "var" / "mailwarden"
         assert config.spool.path == tmp_path / "var" / "mailwarden" / "spool"
-        assert config.node.workers == 1
+        assert config.node.workers == 0  # one worker per core (issue 10 §3)
         assert config.node.log_level == "info"
         assert config.spool.fsync is True
         [server] = config.servers

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.node import Node, free_port, node_process
+from tests.support.node import Node, free_port, node_process, node_user_line
 
 from mailwarden.spool import reader
 
@@ -210,6 +210,7 @@ def node_config(port: int, *, workers: int = 1, spool: str = "", limits: str = "
         workers = {workers}
         shutdown_grace = 5
         hostname = "mx.test.example"
+        {node_user_line()}
 
         [spool]
         {spool}

@@ -86,6 +86,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def node_user_line() -> str:
+    """The ``[node]`` line a test config needs to run as whoever runs the tests: as root the
+    node refuses to serve unless ``user = "root"`` is said explicitly (CI runs as root)."""
+    return 'user = "root"' if os.geteuid() == 0 else ""
+
+
 def write_config(directory: Path, port: int, body: str = "", server: str = "") -> Path:
     """A config with one server ``inbound`` on ``port``; ``server`` adds keys to that server,
     ``body`` appends more tables (e.g. ``[servers.limits]``) after it."""
@@ -96,6 +102,7 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
         workers = 1
         shutdown_grace = 5
         hostname = "mx.test.example"
+        {node_user_line()}
 
         [[servers]]
         id = "inbound"
@@ -107,6 +114,24 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
     path = directory / "mailwarden.toml"
     path.write_text(text)
     return path
+
+
+def _ready_lines(log_path: Path) -> int:
+    try:
+        return log_path.read_text(errors="replace").count("node ready: ")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_for_ready(node: Node, count: int = 1, timeout: float = 15.0) -> None:
+    """Wait for the node's "node ready" log line (written once every worker listens)."""
+    deadline = time.monotonic() + timeout
+    while _ready_lines(node.log_path) < count:
+        if node.process.poll() is not None:
+            raise RuntimeError(f"mailwarden exited with {node.process.returncode}: {node.log()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 'node ready' line after {timeout}s: {node.log()}")
+        time.sleep(0.02)
 
 
 @contextmanager
@@ -123,6 +148,7 @@ def node_process(
     every worker), logging to ``directory/mailwarden.log``; SIGTERM it afterwards, then kill -9
     if it does not stop within 15 s."""
     log_path = directory / "mailwarden.log"
+    earlier_starts = _ready_lines(log_path) if "a" in log_mode else 0
     with open(log_path, log_mode) as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "mailwarden.cli.main", "run", "--config", str(config_path)],
@@ -136,6 +162,8 @@ def node_process(
     try:
         if wait:
             wait_for_port(port, process=process)
+            # Every worker listens (the first one may accept before the others are up).
+            wait_for_ready(node, earlier_starts + 1)
         yield node
     finally:
         if process.poll() is None:
@@ -160,3 +188,30 @@ def running_node(
     config_path = write_config(directory, port, body=body, server=server)
     with node_process(directory, config_path, port, wait=wait) as node:
         yield node
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The worker processes a supervisor forked (its children, from /proc)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited: no /proc entry, or a zombie nobody reaped yet (an orphan's
+    new parent may be slow to reap, or never reap, inside a container)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status or "\nState:\tX" in status
+
+
+def proc_ids(pid: int) -> tuple[list[int], list[int], list[int]]:
+    """The (real, effective, saved, fs) uids and gids of a process and its supplementary
+    groups, from /proc/<pid>/status."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Uid", "Gid", "Groups"):
+            fields[name] = [int(part) for part in value.split()]
+    return fields["Uid"], fields["Gid"], fields["Groups"]

@@ -67,6 +67,9 @@ def run(config: ConfigOption = None) -> None:
     except ScriptError as error:
         err.print(f"[red]policy script error[/red]\n{error}", highlight=False)
         raise typer.Exit(1) from None
+    except node.StartupError as error:
+        err.print(f"[red]cannot start[/red]: {error}", highlight=False)
+        raise typer.Exit(1) from None
     except OSError as error:
         err.print(f"[red]cannot start[/red]: {error}", highlight=False)
         raise typer.Exit(1) from None

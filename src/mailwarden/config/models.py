@@ -148,6 +148,18 @@ def _check_banner(value: str) -> str:
     return value
 
 
+def _check_account_name(value: str) -> str:
+    # A user or group name as useradd(8) accepts it; looked up when the node starts, since
+    # the file may be checked on a machine where the account does not exist yet.
+    if not value or len(value) > 32 or not value.isascii() or value.startswith("-"):
+        ok = False
+    else:
+        ok = all(c.isalnum() or c in "._-$" for c in value) and not value.isdigit()
+    if not ok:
+        raise _invalid(f"expected a user or group name such as 'mailwarden', got {value!r}")
+    return value
+
+
 # -- defaults -------------------------------------------------------------------------------
 
 
@@ -179,7 +191,7 @@ class NodeSettings(BaseModel):
         description="Directory for the spool and local databases.",
     )
     workers: int = Field(
-        1, ge=0, le=1024, description="Worker processes sharing the listeners; 0: one per core."
+        0, ge=0, le=1024, description="Worker processes sharing the listeners; 0: one per core."
     )
     pin_workers: bool = Field(
         True, description="With several workers, keep each on its own CPU core."
@@ -197,11 +209,23 @@ class NodeSettings(BaseModel):
         default_factory=default_hostname,
         description="This node's name: default greeting and Received: host name.",
     )
+    user: Annotated[str, AfterValidator(_check_account_name)] | None = Field(
+        None, description="Unprivileged user the node serves as once its ports are bound."
+    )
+    group: Annotated[str, AfterValidator(_check_account_name)] | None = Field(
+        None, description="Group the node serves as; default: node.user's primary group."
+    )
 
     @property
     def worker_count(self) -> int:
-        """The number of worker processes to run: ``workers``, or the CPU count when 0."""
-        return self.workers or os.cpu_count() or 1
+        """The number of worker processes to run: ``workers``, or when 0 one per CPU this
+        process may run on (its affinity mask, which containers and cpusets narrow)."""
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except (AttributeError, OSError):  # no affinity call on this OS
+            return os.cpu_count() or 1
 
 
 class SpoolSettings(BaseModel):
@@ -469,6 +493,11 @@ class Config(BaseModel):
             if server.id == server_id:
                 return server
         raise KeyError(server_id)
+
+    def describe_problem(self, path: KeyPath, text: str) -> str:
+        """One problem line naming this file, the line of ``path`` (when it is in the file)
+        and the dotted key, as :class:`ConfigError` lines do."""
+        return format_problem(self._file_name, line_of(self._key_lines, path), path, text)
 
     def check_files(self) -> None:
         """Check that every listener's script, certificate and key files can be read.

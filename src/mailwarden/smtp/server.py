@@ -12,9 +12,11 @@ import ipaddress
 import itertools
 import logging
 import os
+import socket
 import ssl
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mailwarden.policy.script import PolicyScript
@@ -87,9 +89,15 @@ class SmtpServer:
 
     # --- sockets ---------------------------------------------------------------------------
 
-    async def start(self, reuse_port: bool) -> None:
-        """Listen on every configured address. Raises OSError if one cannot be bound."""
-        for host, port in self.settings.addresses:
+    async def start(self, reuse_port: bool, sockets: Sequence[socket.socket] = ()) -> None:
+        """Listen on every configured address, or on ``sockets`` when given (bound by the node
+        before it dropped root, see mailwarden.node). Raises OSError if one cannot be bound."""
+        for sock in sockets:
+            server = await self.loop.create_server(
+                lambda: SmtpSession(self), sock=sock, backlog=1024
+            )
+            self._servers.append(server)
+        for host, port in [] if sockets else self.settings.addresses:
             server = await self.loop.create_server(
                 lambda: SmtpSession(self),
                 host,
