@@ -54,6 +54,9 @@ def test_queue_list_fits_80_columns_and_json_keeps_everything(tmp_path: Path) ->
         narrow = mailwarden(
             "queue", "list", "--config", str(node.config_path), env={"COLUMNS": "80"}
         )
+        too_narrow = mailwarden(
+            "queue", "list", "--config", str(node.config_path), env={"COLUMNS": "40"}
+        )
 
     assert narrow.returncode == 0, narrow.stderr
     lines = narrow.stdout.splitlines()
@@ -69,6 +72,9 @@ def test_queue_list_fits_80_columns_and_json_keeps_everything(tmp_path: Path) ->
     # Short ones are shown as they are.
     assert "from c@client.test" in text and "to b@example.org" in text
     assert lines[-1] == "2 message(s)"
+    # Narrower than the columns that are never cut: lines get longer, ids stay whole.
+    assert too_narrow.returncode == 0, too_narrow.stderr
+    assert long_id in too_narrow.stdout and short_id in too_narrow.stdout
 
     # --json keeps every value in full.
     by_id = {

@@ -255,11 +255,15 @@ def queue_list(
         return
     console = Console()
     if messages:
-        console.print(_queue_table(messages, console.width))
+        table, width = _queue_table(messages, console.width)
+        # Rendered at least as wide as the columns that are never cut: on a terminal too narrow
+        # for them the lines wrap, but no id loses a character.
+        (console if width <= console.width else Console(width=width)).print(table)
     typer.echo(_count_note(len(messages), spool))
 
 
-def _queue_table(messages: list[QueuedMessage], width: int) -> Table:
+def _queue_table(messages: list[QueuedMessage], width: int) -> tuple[Table, int]:
+    """The table for a terminal ``width`` columns wide, and the width it needs."""
     rows = [
         (
             m.id,
@@ -280,7 +284,7 @@ def _queue_table(messages: list[QueuedMessage], width: int) -> Table:
     table.add_column("sender / recipients", width=envelope_width, no_wrap=True, overflow="ellipsis")
     for m, row in zip(messages, rows, strict=True):
         table.add_row(*row, _envelope_cell(m, envelope_width))
-    return table
+    return table, sum(fixed) + _COLUMN_GAP * len(fixed) + envelope_width
 
 
 def _envelope_cell(m: QueuedMessage, width: int) -> Text:
