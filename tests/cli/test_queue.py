@@ -112,7 +112,13 @@ def test_queue_show_raw_of_a_spilled_body(tmp_path: Path) -> None:
     with running_node(tmp_path, server=write_script(tmp_path)) as node:
         message_id = send(node.port, sent, ["b@example.org"])
         stored = raw(node, message_id)
+        shown = node.mailwarden("queue", "show", message_id)
         assert list((node.spool / "data").iterdir()), "the body should have spilled to a file"
+    assert shown.returncode == 0, shown.stderr
+    assert "\r" not in shown.stdout
+    assert shown.stdout.endswith("\n\n" + body.decode().replace("\r\n", "\n")), (
+        "the text form shows the whole body"
+    )
     assert stored.startswith(STAMP)
     _, rest = split_received(stored.removeprefix(STAMP))
     assert rest == sent

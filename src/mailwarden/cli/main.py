@@ -216,7 +216,7 @@ def _message_document(m: QueuedMessage, *, envelope: bool = False) -> dict[str, 
 
 
 def _print_json(document: object) -> None:
-    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(document, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
@@ -422,18 +422,21 @@ def _echo_message(stored: StoredMessage) -> None:
     as escapes), line ends as newlines, and no control character reaches the terminal (an
     escape sequence in a message must not drive the operator's terminal)."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
-    pending_cr = False
+    out = sys.stdout
+    out.flush()
+    encoding = out.encoding or "utf-8"
+    pending_cr = ""  # a CR at the end of a chunk may be the first half of a CRLF
+
+    def write(text: str) -> None:
+        text = _printable(text.replace("\r\n", "\n"), keep_newlines=True)
+        out.buffer.write(text.encode(encoding, errors="backslashreplace"))
+
     for chunk in stored.chunks(64 * 1024):
-        text = decoder.decode(chunk)
-        if pending_cr:
-            text = "\r" + text
-        pending_cr = text.endswith("\r")
-        if pending_cr:
-            text = text[:-1]
-        sys.stdout.write(_printable(text.replace("\r\n", "\n"), keep_newlines=True))
-    tail = decoder.decode(b"", final=True)
-    sys.stdout.write(_printable(("\r" if pending_cr else "") + tail, keep_newlines=True))
-    sys.stdout.flush()
+        text = pending_cr + decoder.decode(chunk)
+        pending_cr = "\r" if text.endswith("\r") else ""
+        write(text.removesuffix(pending_cr) if pending_cr else text)
+    write(pending_cr + decoder.decode(b"", final=True))
+    out.buffer.flush()
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
