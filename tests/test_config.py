@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import textwrap
 from pathlib import Path
 
+import platformdirs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -69,13 +71,22 @@ def only_problem(path: Path) -> tuple[int | None, str, str]:
 # -- defaults and valid files ---------------------------------------------------------------
 
 
+def expected_default_data_dir() -> Path:
+    """What the default data directory is for whoever runs the tests (tests/cli runs both)."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/mailwarden")
+    return Path(platformdirs.user_data_dir("mailwarden"))
+
+
 def test_defaults_need_no_file(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MAILWARDEN_DATA_DIR", raising=False)
+    for working_directory in (tmp_path, tmp_path.parent):  # the same wherever it is started
+        monkeypatch.chdir(working_directory)
+        for config in (load_config(None), default_config()):
+            assert config.node.data_dir == expected_default_data_dir()
+            assert config.spool.path == expected_default_data_dir() / "spool"
     for config in (load_config(None), default_config()):
         assert config.source is None
-        assert config.node.data_dir == tmp_path / "var" / "mailwarden"
-        assert config.spool.path == tmp_path / "var" / "mailwarden" / "spool"
         assert config.node.workers == 0  # one worker per core (issue 10 §3)
         assert config.node.log_level == "info"
         assert config.spool.fsync is True
@@ -236,6 +247,28 @@ def test_syntax_error_reports_line_and_column(tmp_path):
         load_config(path)
     [problem] = caught.value.problems
     assert problem.startswith(f"{path}:3:13: invalid TOML")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "what"),
+    [
+        ('[node]\nworkers = 2\nlog_level = """info\n', 3, "Unterminated string"),
+        (
+            "[node]\nworkers = 2\n\n[[servers]]\nid = 'a'\nlisten = [\n  '127.0.0.1:25',\n\n",
+            7,
+            "Invalid value",
+        ),
+        ("[node]\nworkers =", 2, "Invalid value"),
+    ],
+    ids=["unterminated-string", "open-array-then-blank-lines", "no-final-newline"],
+)
+def test_syntax_error_at_the_end_of_the_file_names_the_last_line(tmp_path, text, line, what):
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    [problem] = caught.value.problems
+    assert problem == f"{path}:{line}: invalid TOML: {what} at the end of the file"
 
 
 def test_duplicate_key_is_a_syntax_error(tmp_path):

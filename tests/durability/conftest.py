@@ -172,13 +172,13 @@ def stored_messages(spool: Path) -> dict[str, bytes]:
 
 
 def referenced_body_files(spool: Path) -> set[Path]:
-    """Spill files named by a committed row in any shard."""
+    """Spill files named by a committed row in any shard, where they are in ``spool``."""
     files: set[Path] = set()
     for path in reader.shard_paths(spool):
         db = sqlite3.connect(path)
         try:
             rows = db.execute("SELECT body_file FROM messages WHERE body_file IS NOT NULL")
-            files.update(Path(row[0]) for row in rows)
+            files.update(reader.body_file_path(spool, row[0]) for row in rows)
         finally:
             db.close()
     return files

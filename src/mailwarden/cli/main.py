@@ -1,25 +1,36 @@
-"""The ``mailwarden`` command: run the node, reload it, check the configuration, list the queue.
+"""The ``mailwarden`` command: run the node, reload it, check the configuration, look at the queue.
 
 Every command takes ``--config FILE`` (or the MAILWARDEN_CONFIG environment variable); with
-neither, the embedded defaults apply (SMTP on 127.0.0.1:2525, data in ./var/mailwarden).
+neither, the embedded defaults apply (SMTP on 127.0.0.1:2525, data in the default data
+directory: ``$MAILWARDEN_DATA_DIR``, else ``/var/lib/mailwarden`` for root, else the user's
+data directory such as ``~/.local/share/mailwarden``), so every command a user runs finds the
+same node wherever it is started.
 """
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, JustifyMethod
 from rich.table import Table
+from rich.text import Text
 
 from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import ScriptError
+
+if TYPE_CHECKING:
+    from mailwarden.spool.reader import QueuedMessage, QueuedRecipient, StoredMessage
 
 app = typer.Typer(
     help="Mailwarden, the scriptable mail transfer agent.",
@@ -76,12 +87,43 @@ def run(config: ConfigOption = None) -> None:
     raise typer.Exit(code)
 
 
+def _problems(settings: Config) -> list[str]:
+    """What ``config check`` finds wrong beyond the file itself: files the configuration names
+    and every policy script (imported, so a syntax error is found with its file and line)."""
+    from mailwarden.node import load_scripts
+
+    problems: list[str] = []
+    try:
+        settings.check_files()
+    except ConfigError as error:
+        problems.extend(error.problems)
+    try:
+        load_scripts(settings)
+    except ScriptError as error:
+        problems.append(str(error))
+    return problems
+
+
+def _checked(config_path: str | None) -> Config:
+    """The configuration, validated as ``config check`` does; exit 1 listing every problem."""
+    settings = _load(config_path)
+    problems = _problems(settings)
+    if problems:
+        err.print("\n".join(problems), highlight=False)
+        raise typer.Exit(1)
+    return settings
+
+
 @app.command()
 def reload(config: ConfigOption = None) -> None:
-    """Ask the running node to reload its configuration and scripts (sends SIGHUP)."""
+    """Validate the configuration and scripts as ``config check`` does, then ask the running
+    node to reload them (SIGHUP). On any problem nothing is sent and the node keeps running
+    what it has."""
     from mailwarden.node import pid_file
 
-    settings = _load(config)
+    # The node would refuse the same problems, but only in its own log; checking here first
+    # puts the file and line on the operator's terminal and an exit code on the command.
+    settings = _checked(config)
     path = pid_file(settings)
     try:
         pid = int(path.read_text().strip())
@@ -95,23 +137,11 @@ def reload(config: ConfigOption = None) -> None:
 @config_app.command("check")
 def config_check(config: ConfigOption = None) -> None:
     """Validate the configuration and import every policy script; exit 1 on any problem."""
-    from mailwarden.node import load_scripts
-
-    settings = _load(config)
-    problems: list[str] = []
-    try:
-        settings.check_files()
-    except ConfigError as error:
-        problems.extend(error.problems)
-    try:
-        load_scripts(settings)
-    except ScriptError as error:
-        problems.append(str(error))
-    if problems:
-        err.print("\n".join(problems), highlight=False)
-        raise typer.Exit(1)
+    settings = _checked(config)
     source = settings.source or "embedded defaults"
     typer.echo(f"{source}: OK ({len(settings.servers)} server(s))")
+    typer.echo(f"data directory: {settings.node.data_dir}")
+    typer.echo(f"spool: {settings.spool.path}")
 
 
 @app.command("stats")
@@ -121,18 +151,90 @@ def stats_command(
 ) -> None:
     """Counters summed over the node's workers (connections, messages, script errors, …),
     counted since each worker started and published every few seconds."""
-    from mailwarden.stats import collect
+    from mailwarden.stats import collect, stats_dir
 
     settings = _load(config)
-    totals = collect(Path(settings.node.data_dir))
+    data_dir = Path(settings.node.data_dir)
+    totals = collect(data_dir)
+    published = any(stats_dir(data_dir).glob("worker-*.json"))
+    note = f"no statistics published in {stats_dir(data_dir)} (is the node running?)"
     if as_json:
         json.dump(totals, sys.stdout, indent=2)
         sys.stdout.write("\n")
+        if not published:
+            err.print(note, highlight=False, markup=False)
         return
     table = Table("counter", "value")
     for name, value in totals.items():
         table.add_row(name, str(value))
     Console().print(table)
+    if not published:
+        typer.echo(note)
+
+
+# --- the queue ------------------------------------------------------------------------------
+
+IdArgument = Annotated[str, typer.Argument(help="The message id (from `queue list`).")]
+
+
+def _spool_dir(settings: Config) -> Path:
+    return Path(settings.spool.path)
+
+
+def _recipient_document(r: QueuedRecipient) -> dict[str, Any]:
+    return {
+        "address": r.address,
+        "params": r.params,
+        "state": r.state,
+        "reason": r.reason,
+        "metadata": r.metadata,
+        "retry_count": r.retry_count,
+        "next_attempt": r.next_attempt,
+    }
+
+
+def _message_document(m: QueuedMessage, *, envelope: bool = False) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": m.id,
+        "server": m.server_id,
+        "received_at": m.received_at,
+        "sender": m.sender,
+        "client_ip": m.client_ip,
+        "size": m.size,
+        "state": m.state,
+        "metadata": m.metadata,
+    }
+    if envelope:
+        document |= {
+            "sender_params": m.sender_params,
+            "client_port": m.client_port,
+            "helo": m.helo,
+            "tls": m.tls,
+            "auth": m.auth,
+            "retry_count": m.retry_count,
+            "next_attempt": m.next_attempt,
+        }
+    document["recipients"] = [_recipient_document(r) for r in m.recipients]
+    return document
+
+
+def _print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _count_note(count: int, spool: Path) -> str:
+    # An empty spool names its directory: that tells an operator at once when a command read
+    # another spool than the node writes (another configuration, another user's data
+    # directory). A long path would not fit the table's 80 columns, hence only then.
+    return f"{count} message(s)" if count else f"0 message(s) in {spool}"
+
+
+# The table's columns other than the envelope's, and the space box.SIMPLE_HEAD without its
+# outer edge puts between columns; the envelope column gets what is left of the terminal.
+_COLUMN_GAP = 3
+_MIN_ENVELOPE_WIDTH = 16
+_RECEIVED_FORMAT = "%m-%d %H:%M"  # the full time is in `queue show` and --json
 
 
 @queue_app.command("list")
@@ -140,58 +242,214 @@ def queue_list(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
-    """The messages in the spool: id, sender, recipients and state."""
+    """The messages in the spool: id, received time, size, state, sender and recipients.
+
+    The table fits the terminal (80 columns too): long addresses are cut with an ellipsis and
+    further recipients counted ("+2 more"); ids are never cut. ``--json`` has every value in
+    full, with per-recipient state, metadata, retry count and next attempt.
+    """
     from mailwarden.spool.reader import iter_messages
 
     settings = _load(config)
-    messages = list(iter_messages(Path(settings.spool.path)))
+    spool = _spool_dir(settings)
+    messages = list(iter_messages(spool))
     if as_json:
-        document = [
-            {
-                "id": m.id,
-                "server": m.server_id,
-                "received_at": m.received_at,
-                "sender": m.sender,
-                "client_ip": m.client_ip,
-                "size": m.size,
-                "state": m.state,
-                "metadata": m.metadata,
-                "recipients": [
-                    {
-                        "address": r.address,
-                        "state": r.state,
-                        "reason": r.reason,
-                        "metadata": r.metadata,
-                        "retry_count": r.retry_count,
-                        "next_attempt": r.next_attempt,
-                    }
-                    for r in m.recipients
-                ],
-            }
-            for m in messages
-        ]
-        json.dump(document, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json([_message_document(m) for m in messages])
         return
-    table = Table()
-    table.add_column("id", no_wrap=True)  # operators copy ids: never cut them
-    table.add_column("received", no_wrap=True)
-    for name in ("sender", "recipients"):
-        table.add_column(name, overflow="fold")
-    table.add_column("size", justify="right")
-    table.add_column("state")
-    for m in messages:
-        received = datetime.datetime.fromtimestamp(m.received_at).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(
+    console = Console()
+    if messages:
+        table, width = _queue_table(messages, console.width)
+        # Rendered at least as wide as the columns that are never cut: on a terminal too narrow
+        # for them the lines wrap, but no id loses a character.
+        (console if width <= console.width else Console(width=width)).print(table)
+    typer.echo(_count_note(len(messages), spool))
+
+
+def _queue_table(messages: list[QueuedMessage], width: int) -> tuple[Table, int]:
+    """The table for a terminal ``width`` columns wide, and the width it needs."""
+    rows = [
+        (
             m.id,
-            received,
-            m.sender or "<>",
-            "\n".join(r.address for r in m.recipients),
+            datetime.datetime.fromtimestamp(m.received_at).strftime(_RECEIVED_FORMAT),
             str(m.size),
             m.state,
         )
-    Console().print(table)
-    typer.echo(f"{len(messages)} message(s)")
+        for m in messages
+    ]
+    headers = ("id", "received", "size", "state")
+    fixed = [max(cell_len(h), *(cell_len(row[i]) for row in rows)) for i, h in enumerate(headers)]
+    envelope_width = max(width - sum(fixed) - _COLUMN_GAP * len(fixed), _MIN_ENVELOPE_WIDTH)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for header, column_width in zip(headers, fixed, strict=True):
+        # Operators copy ids: no column is ever cut but the envelope.
+        justify: JustifyMethod = "right" if header == "size" else "left"
+        table.add_column(header, width=column_width, no_wrap=True, justify=justify)
+    table.add_column("sender / recipients", width=envelope_width, no_wrap=True, overflow="ellipsis")
+    for m, row in zip(messages, rows, strict=True):
+        table.add_row(*row, _envelope_cell(m, envelope_width))
+    return table, sum(fixed) + _COLUMN_GAP * len(fixed) + envelope_width
+
+
+def _envelope_cell(m: QueuedMessage, width: int) -> Text:
+    """Two lines: the sender, then the first recipient and how many more, each cut to fit."""
+    sender = _cut(f"from {m.sender or '<>'}", width)
+    more = f" +{len(m.recipients) - 1} more" if len(m.recipients) > 1 else ""
+    first = m.recipients[0].address if m.recipients else "(none)"
+    recipients = _cut(f"to {first}", max(width - cell_len(more), 4))
+    recipients.append(more)
+    return Text("\n").join([sender, recipients])
+
+
+def _cut(value: str, width: int) -> Text:
+    """``value`` as plain text (no markup), cut with an ellipsis to ``width`` cells."""
+    text = Text(_printable(value), no_wrap=True)
+    text.truncate(width, overflow="ellipsis")
+    return text
+
+
+@queue_app.command("show")
+def queue_show(
+    message_id: IdArgument,
+    config: ConfigOption = None,
+    raw: Annotated[
+        bool,
+        typer.Option("--raw", help="Write exactly the stored bytes (what delivery will send)."),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The envelope and recipients as JSON.")
+    ] = False,
+) -> None:
+    """One message: its envelope, each recipient's state and the stored message.
+
+    ``--raw`` writes the stored header section and body byte for byte to standard output, for
+    piping to a file or another tool. Exit 1 if no message has this id.
+    """
+    from mailwarden.spool.reader import find_message, stored_message
+
+    settings = _load(config)
+    spool = _spool_dir(settings)
+    message = find_message(spool, message_id)
+    stored = stored_message(spool, message_id) if message is not None else None
+    if message is None or stored is None:
+        err.print(f"no message {message_id!r} in {spool}", highlight=False, markup=False)
+        raise typer.Exit(1)
+    try:
+        if raw:
+            _write_raw(stored)
+        elif as_json:
+            _print_json(_message_document(message, envelope=True))
+        else:
+            _show(message, stored)
+    except OSError as error:
+        err.print(f"cannot read message {message_id}: {error}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+
+
+def _write_raw(stored: StoredMessage) -> None:
+    out = sys.stdout.buffer
+    for chunk in stored.chunks():
+        out.write(chunk)
+    out.flush()
+
+
+def _show(m: QueuedMessage, stored: StoredMessage) -> None:
+    lines = [f"message {m.id}", *_fields(_envelope_fields(m))]
+    for position, r in enumerate(m.recipients, start=1):
+        lines += ["", f"recipient {position}", *_fields(_recipient_fields(r))]
+    lines += ["", "stored message (headers and body)", ""]
+    typer.echo("\n".join(lines))
+    _echo_message(stored)
+
+
+def _fields(pairs: list[tuple[str, str]]) -> list[str]:
+    return [f"  {name:<14}{_printable(value)}" for name, value in pairs]
+
+
+def _when(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp).astimezone()
+    return moment.isoformat(timespec="seconds")
+
+
+def _params(params: dict[str, Any]) -> str:
+    """ESMTP parameters as they were given: ``KEY=value`` or a bare ``KEY``."""
+    return " ".join(k if v is None else f"{k}={v}" for k, v in params.items())
+
+
+def _json_text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True) if value else "none"
+
+
+def _envelope_fields(m: QueuedMessage) -> list[tuple[str, str]]:
+    sender = f"<{m.sender}>"
+    if m.sender_params:
+        sender += " " + _params(m.sender_params)
+    tls = "none"
+    if m.tls:
+        tls = " ".join(str(m.tls.get(k, "")) for k in ("protocol", "cipher")).strip()
+        if m.tls.get("bits"):
+            tls += f" ({m.tls['bits']} bits)"
+    auth = "none"
+    if m.auth:
+        auth = f"{m.auth.get('username', '')} ({m.auth.get('mechanism', '')})"
+    return [
+        ("server", m.server_id),
+        ("received", _when(m.received_at)),
+        ("size", f"{m.size} bytes"),
+        ("state", m.state),
+        ("sender", sender),
+        ("client", f"{m.client_ip} port {m.client_port}"),
+        ("helo", m.helo or "none"),
+        ("tls", tls),
+        ("auth", auth),
+        ("metadata", _json_text(m.metadata)),
+    ]
+
+
+def _recipient_fields(r: QueuedRecipient) -> list[tuple[str, str]]:
+    address = f"<{r.address}>"
+    if r.params:
+        address += " " + _params(r.params)
+    fields = [("address", address), ("state", r.state)]
+    if r.reason:
+        fields.append(("reason", r.reason))
+    fields += [
+        ("retries", str(r.retry_count)),
+        ("next attempt", _when(r.next_attempt)),
+        ("metadata", _json_text(r.metadata)),
+    ]
+    return fields
+
+
+def _echo_message(stored: StoredMessage) -> None:
+    """The message as text for a terminal: decoded as UTF-8 where it is (anything else shown
+    as escapes), line ends as newlines, and no control character reaches the terminal (an
+    escape sequence in a message must not drive the operator's terminal)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+    out = sys.stdout
+    out.flush()
+    encoding = out.encoding or "utf-8"
+    pending_cr = ""  # a CR at the end of a chunk may be the first half of a CRLF
+
+    def write(text: str) -> None:
+        text = _printable(text.replace("\r\n", "\n"), keep_newlines=True)
+        out.buffer.write(text.encode(encoding, errors="backslashreplace"))
+
+    for chunk in stored.chunks(64 * 1024):
+        text = pending_cr + decoder.decode(chunk)
+        pending_cr = "\r" if text.endswith("\r") else ""
+        write(text.removesuffix(pending_cr) if pending_cr else text)
+    write(pending_cr + decoder.decode(b"", final=True))
+    out.buffer.flush()
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str, *, keep_newlines: bool = False) -> str:
+    """``value`` with every control character but tab (and newline if asked) as an escape."""
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda match: repr(match.group())[1:-1], value)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ from mailwarden.config.locations import KeyPath, key_lines, line_of
 from mailwarden.config.models import PROBLEM_TYPE, PROBLEMS_TYPE, Config
 
 _TOML_POSITION = re.compile(r"^(?P<message>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$")
+_TOML_AT_END = re.compile(r"^(?P<message>.*?)\s*\(at end of document\)$")
 _NOT_TOML_KEYS = frozenset({"source"})  # Config fields that are not read from the file
 
 
@@ -55,7 +56,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([_syntax_problem(name, err)]) from None
+        raise ConfigError([_syntax_problem(name, text, err)]) from None
 
     lines = key_lines(text)
     problems = [
@@ -79,12 +80,27 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     return config
 
 
-def _syntax_problem(name: str, err: tomllib.TOMLDecodeError) -> str:
+def _syntax_problem(name: str, text: str, err: tomllib.TOMLDecodeError) -> str:
     message = str(err)
     match = _TOML_POSITION.match(message)
     if match:
         return f"{name}:{match['line']}:{match['col']}: invalid TOML: {match['message']}"
+    match = _TOML_AT_END.match(message)
+    if match:
+        # tomllib gives no position when the file ends inside a construct (an unclosed array
+        # or string, a key without its value): point at the last line that holds something.
+        line = _last_line(text)
+        return f"{name}:{line}: invalid TOML: {match['message']} at the end of the file"
     return f"{name}: invalid TOML: {message}"
+
+
+def _last_line(text: str) -> int:
+    """The number of the last line with anything but white space on it (1 if none)."""
+    lines = text.splitlines()
+    for number in range(len(lines), 0, -1):
+        if lines[number - 1].strip():
+            return number
+    return 1
 
 
 def _translate(

@@ -21,6 +21,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import platformdirs
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -46,7 +47,7 @@ from mailwarden.smtp.address import Limits
 from mailwarden.smtp.protocol import BareLineEndings, ProtocolSettings
 
 DATA_DIR_ENV = "MAILWARDEN_DATA_DIR"
-DEFAULT_DATA_DIR = "var/mailwarden"
+SYSTEM_DATA_DIR = Path("/var/lib/mailwarden")
 SERVER_ID_PATTERN = "^[a-z0-9][a-z0-9_-]*$"
 
 _MODEL = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -164,11 +165,21 @@ def _check_account_name(value: str) -> str:
 
 
 def default_data_dir() -> Path:
-    """``$MAILWARDEN_DATA_DIR`` (relative to the working directory) or ``var/mailwarden``."""
+    """Where the node keeps its spool and databases unless ``node.data_dir`` says otherwise.
+
+    The same for every command a user runs, wherever it is started, so that ``mailwarden
+    queue list`` finds the spool ``mailwarden run`` writes: ``$MAILWARDEN_DATA_DIR`` (a relative
+    value is taken against the working directory), else ``/var/lib/mailwarden`` for root (the
+    FHS place for a service's state), else the user's data directory
+    (``platformdirs.user_data_dir``: ``$XDG_DATA_HOME/mailwarden``, by default
+    ``~/.local/share/mailwarden`` on Linux).
+    """
     from_env = os.environ.get(DATA_DIR_ENV)
     if from_env:
         return Path(from_env).expanduser().absolute()
-    return Path(DEFAULT_DATA_DIR)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return SYSTEM_DATA_DIR
+    return Path(platformdirs.user_data_dir("mailwarden", appauthor=False))
 
 
 @functools.cache

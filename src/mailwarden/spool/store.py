@@ -9,6 +9,10 @@ transaction that names them commits, so a row never points at a file that could 
 
 A crash at any instant leaves either a committed row (the message is queued) or nothing; spill
 files with no committed row are removed at the next start (:meth:`SpoolStore.open`).
+
+Rows name their spill file relative to the spool directory (``data/shard-0-ID``), so the spool
+can be moved or restored elsewhere and ``spool.path`` pointed at it: nothing in it depends on
+where it used to be.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +30,9 @@ from typing import Any
 
 from mailwarden.smtp import replies
 from mailwarden.spool.errors import SpoolError, reply_for_os_error
+from mailwarden.spool.reader import spill_file_name
+
+log = logging.getLogger("mailwarden.spool")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -136,12 +144,20 @@ class SpoolStore:
             raise SpoolError(replies.SPOOL_WRITE_FAILED, f"cannot open spool: {error}") from error
 
     def _remove_orphans(self) -> None:
+        """Remove this shard's spill files that no row can mean.
+
+        A row names its file relative to the spool (or, if written before that, by an absolute
+        path that is stale once the spool has moved); either way the file lives in ``data/``
+        under the same name, so the file name alone decides. Deleting a file a row still
+        means would lose an acknowledged message; keeping an orphan only costs disk space.
+        """
         assert self._db is not None
-        known = {row[0] for row in self._db.execute("SELECT body_file FROM messages")}
+        rows = self._db.execute("SELECT body_file FROM messages WHERE body_file IS NOT NULL")
+        known = {spill_file_name(row[0]) for row in rows}
         shard_prefix = self.path.stem + "-"
         for entry in self.data_dir.iterdir():
             # Only this shard's files: other workers may be writing theirs right now.
-            if entry.name.startswith(shard_prefix) and str(entry) not in known:
+            if entry.name.startswith(shard_prefix) and entry.name not in known:
                 entry.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -178,10 +194,14 @@ class SpoolStore:
                 records = [record for record, _ in batch]
                 try:
                     await loop.run_in_executor(self._executor, self._write_batch, records)
-                except SpoolError as error:
+                except Exception as error:
+                    # Whatever went wrong, every session waiting on this batch gets its 451 and
+                    # the drain goes on: an unexpected error must not leave them waiting for a
+                    # reply that never comes (nor leave later commits unwritten).
+                    spool_error = _as_spool_error(error)
                     for _, future in batch:
                         if not future.done():
-                            future.set_exception(SpoolError(error.reply, str(error)))
+                            future.set_exception(SpoolError(spool_error.reply, str(spool_error)))
                     continue
                 self.batches += 1
                 self.committed += len(batch)
@@ -207,7 +227,7 @@ class SpoolStore:
             try:
                 db.executemany(
                     "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                    [_message_row(r) for r in records],
+                    [_message_row(r, self.directory) for r in records],
                 )
                 db.executemany(
                     "INSERT INTO recipients (message_id, position, address, params, metadata,"
@@ -231,7 +251,26 @@ class SpoolStore:
             raise SpoolError(reply, f"spool write failed: {error}") from error
 
 
-def _message_row(r: SpoolRecord) -> tuple[Any, ...]:
+def _as_spool_error(error: Exception) -> SpoolError:
+    """``error`` as the SpoolError its waiting sessions get; logs the unexpected ones."""
+    if isinstance(error, SpoolError):
+        return error
+    log.error("spool commit failed: %r", error, exc_info=error)
+    return SpoolError(replies.SPOOL_WRITE_FAILED, f"spool write failed: {error!r}")
+
+
+def _body_file_name(body_file: Path | None, spool_dir: Path) -> str | None:
+    """How a row names its spill file: relative to the spool directory, so that the spool can
+    be moved (an absolute path would point at the old place)."""
+    if body_file is None:
+        return None
+    try:
+        return Path(body_file).relative_to(spool_dir).as_posix()
+    except ValueError:  # not under the spool: keep it as it is, the reader resolves by name
+        return str(body_file)
+
+
+def _message_row(r: SpoolRecord, spool_dir: Path) -> tuple[Any, ...]:
     return (
         r.id,
         r.server_id,
@@ -246,7 +285,7 @@ def _message_row(r: SpoolRecord) -> tuple[Any, ...]:
         json.dumps(r.metadata, default=str),
         r.headers,
         r.body,
-        str(r.body_file) if r.body_file else None,
+        _body_file_name(r.body_file, spool_dir),
         r.size,
         r.received_at,
     )
