@@ -23,6 +23,7 @@ import typer
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -61,7 +62,7 @@ def _load(config_path: str | None) -> Config:
     try:
         return load_config(config_path)
     except ConfigError as error:
-        err.print(f"[red]configuration error[/red]\n{error}", highlight=False)
+        err.print(f"[red]configuration error[/red]\n{escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -73,16 +74,16 @@ def run(config: ConfigOption = None) -> None:
     try:
         code = node.run(config)
     except ConfigError as error:
-        err.print(f"[red]configuration error[/red]\n{error}", highlight=False)
+        err.print(f"[red]configuration error[/red]\n{escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except ScriptError as error:
-        err.print(f"[red]policy script error[/red]\n{error}", highlight=False)
+        err.print(f"[red]policy script error[/red]\n{escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except node.StartupError as error:
-        err.print(f"[red]cannot start[/red]: {error}", highlight=False)
+        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     except OSError as error:
-        err.print(f"[red]cannot start[/red]: {error}", highlight=False)
+        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -109,7 +110,7 @@ def _checked(config_path: str | None) -> Config:
     settings = _load(config_path)
     problems = _problems(settings)
     if problems:
-        err.print("\n".join(problems), highlight=False)
+        err.print("\n".join(problems), highlight=False, markup=False)
         raise typer.Exit(1)
     return settings
 
@@ -129,7 +130,7 @@ def reload(config: ConfigOption = None) -> None:
         pid = int(path.read_text().strip())
         os.kill(pid, signal.SIGHUP)
     except (FileNotFoundError, ValueError, ProcessLookupError):
-        err.print(f"no running node found (pid file {path})", highlight=False)
+        err.print(f"no running node found (pid file {path})", highlight=False, markup=False)
         raise typer.Exit(1) from None
     typer.echo(f"reload requested from process {pid}")
 
