@@ -86,16 +86,17 @@ class Mailwarden:
 
 
 def start_mailwarden(
-    port: int, workers: int, script: Path | None, extra_limits: str = ""
+    port: int, workers: int | None, script: Path | None, extra_limits: str = ""
 ) -> Mailwarden:
-    """Mailwarden with default durability (fsync, group commit) in a fresh data directory."""
+    """Mailwarden with default durability (fsync, group commit) in a fresh data directory;
+    ``workers`` None keeps the default (one per core)."""
     directory = Path(tempfile.mkdtemp(prefix="mailwarden-bench-"))
     script_line = f'script = "{script}"' if script else ""
     config = textwrap.dedent(
         f"""
         [node]
         data_dir = "{directory / "data"}"
-        workers = {workers}
+        {f"workers = {workers}" if workers is not None else "# workers: the default, one per core"}
         {'user = "root"' if os.geteuid() == 0 else ""}  # as root, said explicitly
         log_level = "info"  # the default: a line per message, as Postfix logs
 

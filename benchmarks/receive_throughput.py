@@ -6,7 +6,7 @@ default durability (fsync, group commit) and benchmarks/benchmark_policy.py, who
 helo, mail_from, rcpt_to and data hooks each do a lookup. Postfix durably queues (never
 delivers); Haraka discards (no disk at all: its ceiling).
 
-    python benchmarks/receive_throughput.py [--seconds 10] [--rounds 3] [--workers 2]
+    python benchmarks/receive_throughput.py [--seconds 10] [--rounds 3] [--workers N]
 
 Prints the median messages per second of each server, the ratios, and Mailwarden's CPU time
 per message and peak RSS.
@@ -40,7 +40,12 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=float, default=3.0, help="unmeasured load before each measurement"
     )
-    parser.add_argument("--workers", type=int, default=2, help="Mailwarden worker processes")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="Mailwarden worker processes (default: one per core)",
+    )
     parser.add_argument("--parallel", type=int, default=8, help="smtpping -P")
     parser.add_argument("--size", type=int, default=10, help="message size in KiB")
     parser.add_argument("--no-peers", action="store_true", help="measure Mailwarden only")
@@ -88,7 +93,8 @@ def main() -> None:
 
     print()
     print(f"{args.size} KiB messages, smtpping -r -w0 -P{args.parallel}, ", end="")
-    print(f"{args.rounds} rounds of {args.seconds:.0f}s, Mailwarden workers={args.workers}")
+    workers = args.workers or "default (one per core)"
+    print(f"{args.rounds} rounds of {args.seconds:.0f}s, Mailwarden workers={workers}")
     result = {name: median(values) for name, values in rates.items() if values}
     for name, value in result.items():
         print(f"  {name:10s} {value:8.0f} msg/s (median of per-second counts)")
