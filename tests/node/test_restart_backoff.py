@@ -51,3 +51,10 @@ def test_a_short_or_never_ready_life_does_not_reset_the_count() -> None:
     # Up for long but never ready (hung while starting): not healthy either.
     assert deaths_before(3, False, STABLE_AFTER * 10) == 3
     assert deaths_before(3, True, STABLE_AFTER) == 0
+
+
+def test_a_worker_failing_for_days_keeps_the_capped_delay() -> None:
+    # Each death after the cap waits a minute, so ~1,024 deaths are ~17 hours of a broken
+    # spool; 0.5 * 2**1024 does not fit a float, and the OverflowError ended the supervisor.
+    assert restart_delay(1_024) == BACKOFF_MAX
+    assert restart_delay(100_000) == BACKOFF_MAX
