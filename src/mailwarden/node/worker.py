@@ -1,0 +1,309 @@
+"""A worker: one event loop serving every listener, with its own spool shard.
+
+Start-up order (see mailwarden.node): bind, drop privileges, arm the parent-death signal, open
+the spool shard, load the scripts, listen, report ready. Then it serves until SIGTERM/SIGINT,
+its supervisor's death, or reloads on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from mailwarden import logs, stats
+from mailwarden.config import Config, ConfigError, ServerSettings, load_config
+from mailwarden.node.errors import StartupError
+from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, SupervisorLink
+from mailwarden.node.listeners import bind_listeners
+from mailwarden.node.notify import notify, notify_reloading
+from mailwarden.node.privileges import Identity, check_writable, drop_privileges
+from mailwarden.node.reload import check_certificates, restart_only_changes
+from mailwarden.node.scripts import load_scripts
+from mailwarden.policy.script import PolicyScript, ScriptError
+from mailwarden.smtp.server import SmtpServer
+from mailwarden.spool.errors import SpoolError
+from mailwarden.spool.store import SpoolStore
+
+# One logger for the whole node, so that log lines read as they always have.
+log = logging.getLogger("mailwarden.node")
+
+# Seconds an orphaned worker gives transactions in flight (never more than shutdown_grace):
+# whoever restarts the node must find the port free within about a second.
+ORPHAN_GRACE = 1.0
+
+
+class Worker:
+    """One event loop serving every listener, with its own spool shard."""
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | None,
+        index: int,
+        reuse_port: bool,
+        identity: Identity | None = None,
+        link: SupervisorLink | None = None,
+    ):
+        self.config = config
+        self.started_config = config  # what restart-only keys are compared with
+        self.config_path = config_path
+        self.index = index
+        self.reuse_port = reuse_port
+        self.identity = identity
+        self.link = link
+        self.servers: dict[str, SmtpServer] = {}
+        self.bound_listen: dict[str, list[str]] = {}  # the addresses each server was bound from
+        self.stopping = asyncio.Event()
+        self.orphaned = False
+
+    async def run(self) -> None:
+        """Start (raising StartupError if the worker cannot), serve until told to stop."""
+        spool = await self._start()
+        try:
+            self._report_ready()
+            await self.stopping.wait()
+            await self._stop()
+        finally:
+            spool.close()
+            with contextlib.suppress(OSError):
+                stats.publish(Path(self.config.node.data_dir), self.index)
+
+    async def _start(self) -> SpoolStore:
+        config = self.config
+        sockets = bind_listeners(config, self.reuse_port)
+        spool: SpoolStore | None = None
+        try:
+            if self.identity is not None:
+                drop_privileges(self.identity)
+            if self.link is not None:
+                self.link.arm_parent_death_signal()
+            check_writable(config, self.index)
+            spool = _open_spool(config, self.index)
+            try:
+                scripts = load_scripts(config)
+            except ScriptError as error:
+                raise StartupError(str(error)) from None
+            for index, settings in enumerate(config.servers):
+                server = _new_server(config, index, settings, scripts[settings.id], spool, self)
+                await server.start(self.reuse_port, sockets.pop(settings.id))
+                self.servers[settings.id] = server
+                self.bound_listen[settings.id] = list(settings.listen)
+                log.info(
+                    "worker %d: server %s listening on %s",
+                    self.index,
+                    settings.id,
+                    ", ".join(settings.listen),
+                )
+        except BaseException:
+            for server in self.servers.values():
+                await server.stop(0)
+            for rest in sockets.values():
+                for sock in rest:
+                    sock.close()
+            if spool is not None:
+                spool.close()
+            raise
+        self._handle_signals()
+        self._flush_logs()
+        self._publish_stats()
+        return spool
+
+    def _handle_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop_requested)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
+        if self.link is not None:
+            loop.add_signal_handler(SUPERVISOR_GONE_SIGNAL, self._supervisor_gone)
+            loop.add_reader(self.link.watch, self._watch_supervisor)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CONTROL_SIGNALS)  # handled from now on
+
+    def _report_ready(self) -> None:
+        if self.link is None:
+            log.info("node ready: 1 worker")
+            logs.flush_all()
+            notify("READY=1", f"MAINPID={os.getpid()}")
+            return
+        self.link.report("ready")
+        if self.link.reload_at_start:
+            # A replacement forked after a reload: the supervisor's configuration is the one
+            # the node started with, so take what the others took on SIGHUP.
+            self._reload_requested()
+
+    def _stop_requested(self) -> None:
+        if self.link is None and not self.stopping.is_set():
+            notify("STOPPING=1")
+        self.stopping.set()
+
+    def _reload_requested(self) -> None:
+        if self.link is None:
+            notify_reloading()
+        self.reload()
+        if self.link is None:
+            notify("READY=1")
+        else:
+            self.link.report("reloaded")
+
+    def _watch_supervisor(self) -> None:
+        assert self.link is not None
+        try:
+            data = os.read(self.link.watch, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._supervisor_gone()
+
+    def _supervisor_gone(self) -> None:
+        if self.orphaned:
+            return
+        self.orphaned = True
+        assert self.link is not None
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.link.watch)
+        log.warning("worker %d: the supervisor is gone; stopping", self.index)
+        self.stopping.set()
+
+    async def _stop(self) -> None:
+        """Stop listening at once; transactions in flight get the grace, then 421. A commit in
+        progress either finishes (and its 250 is sent) or its client gets no reply: a 250 is
+        only ever sent after the spool's commit returned."""
+        grace = self.config.node.shutdown_grace
+        if self.orphaned:
+            grace = min(grace, ORPHAN_GRACE)
+        log.info("worker %d: stopping", self.index)
+        stopping = asyncio.gather(*(s.stop(grace) for s in self.servers.values()))
+        if not self.orphaned:
+            await stopping
+            return
+        try:  # nobody may wait for an orphan: leave even if a session does not
+            await asyncio.wait_for(stopping, grace + 0.5)
+        except TimeoutError:
+            log.warning("worker %d: leaving with sessions still open", self.index)
+
+    def _publish_stats(self) -> None:
+        """Publish the counters for ``mailwarden stats`` now and again (see mailwarden.stats)."""
+        try:
+            stats.publish(Path(self.config.node.data_dir), self.index)
+        except OSError as error:
+            log.warning("worker %d: cannot publish statistics: %s", self.index, error)
+        if not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(stats.PUBLISH_INTERVAL, self._publish_stats)
+
+    def _flush_logs(self) -> None:
+        """Write buffered log lines now and again (see mailwarden.logs)."""
+        logs.flush_all()
+        if not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(logs.FLUSH_INTERVAL, self._flush_logs)
+
+    def reload(self) -> None:
+        """SIGHUP: new configuration and scripts for new connections, or nothing on failure."""
+        try:
+            config = load_config(self.config_path)
+            scripts = load_scripts(config)
+            check_certificates(config)  # all or nothing
+            for settings in config.servers:
+                if settings.id not in self.servers:
+                    log.warning("reload: new server %s needs a restart to listen", settings.id)
+                    continue
+                server = self.servers[settings.id]
+                bound = self.bound_listen[settings.id]
+                if settings.listen != bound:
+                    # Compared with what is bound, not with the previous file: changing the
+                    # addresses and changing them back needs no restart.
+                    log.warning(
+                        "reload: servers[%s].listen %s differs from the bound %s; "
+                        "new listen addresses need a restart",
+                        settings.id,
+                        ", ".join(settings.listen),
+                        ", ".join(bound),
+                    )
+                server.apply(settings, config.node.hostname, scripts[settings.id])
+                server.spool_settings = config.spool
+            self._apply_node_settings(config)
+        except (ConfigError, ScriptError) as error:
+            log.error("reload failed, keeping the running configuration: %s", error)
+            return
+        except (OSError, ValueError) as error:
+            log.error("reload failed, keeping the running configuration: %s", error)
+            return
+        log.info("worker %d: configuration and scripts reloaded", self.index)
+
+    def _apply_node_settings(self, config: Config) -> None:
+        """Take the reloadable [node] and [spool] keys; say which ones need a restart."""
+        for key in restart_only_changes(self.started_config, config):
+            log.warning("reload: %s changes only at restart", key)
+        logging.getLogger().setLevel(getattr(logging, config.node.log_level.upper()))
+        self.config = config  # shutdown_grace, hostname, log_level, memory_threshold apply now
+
+
+def _open_spool(config: Config, index: int) -> SpoolStore:
+    spool = SpoolStore(
+        config.spool.path,
+        index,
+        fsync=config.spool.fsync,
+        max_batch=config.spool.group_commit_max_batch,
+    )
+    try:
+        spool.open()
+    except SpoolError as error:
+        cause = error.__cause__ if error.__cause__ is not None else error
+        raise StartupError(
+            config.describe_problem(("spool", "path"), f"cannot open spool {spool.path}: {cause}")
+        ) from None
+    return spool
+
+
+def _new_server(
+    config: Config,
+    index: int,
+    settings: ServerSettings,
+    script: PolicyScript,
+    spool: SpoolStore,
+    worker: Worker,
+) -> SmtpServer:
+    try:
+        return SmtpServer(
+            settings, config.node.hostname, script, spool, config.spool, worker=worker.index
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise StartupError(
+            config.describe_problem(
+                ("servers", index, "tls_certificate"),
+                f"cannot use {settings.tls_certificate} with tls_key {settings.tls_key}: "
+                f"{getattr(error, 'strerror', None) or error}",
+            )
+        ) from None
+
+
+def _event_loop_factory() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run_worker(
+    config: Config,
+    config_path: str | None,
+    index: int,
+    reuse_port: bool,
+    identity: Identity | None = None,
+    link: SupervisorLink | None = None,
+) -> int:
+    """Run one worker until it is told to stop. Raises StartupError if it cannot start."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)  # until Worker.run handles them
+    worker = Worker(config, config_path, index, reuse_port, identity, link)
+    try:
+        with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
+            runner.run(worker.run())
+    finally:
+        logs.flush_all()  # a forked worker leaves with os._exit, which skips logging's own
+    return 0
