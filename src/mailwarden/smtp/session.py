@@ -79,6 +79,7 @@ class SmtpSession(asyncio.Protocol):
         self._writing_paused = False  # the transport's write buffer is above its high water
         self._reading_paused = False
         self._lost = False
+        self._draining = False  # closed, waiting for the client to take the last replies
         self._task: asyncio.Task[None] | None = None
         self._sasl: Any = None
         self._remote_ip = ""
@@ -242,10 +243,14 @@ class SmtpSession(asyncio.Protocol):
             self.writer.discard()
             self.writer = None
         self._hang_up()
-        while self._writing_paused and not self._lost:
-            # Replies are still buffered for a client that does not read them. Stay registered
-            # so that the idle sweep (which then aborts the transport) bounds how long.
-            await self._wait()
+        transport = self.transport
+        if transport is not None and not self._lost and transport.get_write_buffer_size():
+            # Replies are still buffered for a client that does not read them; the transport
+            # closes (connection_lost) once they are sent. Stay registered meanwhile, so that
+            # the idle sweep bounds how long (it aborts the transport, see expire).
+            self._draining = True
+            while not self._lost:
+                await self._wait()
         try:
             with contextlib.suppress(HookFailed):
                 await self._hook("disconnect", self.conn)
@@ -742,7 +747,7 @@ class SmtpSession(asyncio.Protocol):
         A client whose replies pile up unread (writing paused), or that stopped reading before
         the last of them, would keep the transport open for ever waiting to drain: abort it.
         """
-        stuck = self._writing_paused or self.core.closed
+        stuck = self._writing_paused or self._draining
         self.core.close_with(reply, reason)
         self._wake()
         if self.transport is None:
