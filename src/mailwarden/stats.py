@@ -18,15 +18,25 @@ PUBLISH_INTERVAL = 2.0
 
 @dataclass(slots=True)
 class Counters:
-    connections: int = 0
-    connections_refused: int = 0
+    """What ``mailwarden stats`` shows (the list is documented in docs/policy.md, "Logging and
+    counters"). A refusal is any 4xx/5xx reply that refuses what the client asked for on a
+    policy ground: the script's Reject or Defer, the built-in relay rule, or a script error."""
+
+    connections: int = 0  # admitted (got past the connection limits)
+    connections_refused: int = 0  # turned away by the limits or shutdown, before any script
     messages_queued: int = 0
     messages_held: int = 0
     messages_discarded: int = 0
-    messages_rejected: int = 0
+    messages_rejected: int = 0  # messages refused at (or while reaching) end of data
     spool_errors: int = 0
     script_errors: int = 0
     auth_failures: int = 0
+    refused_connect: int = 0  # the greeting was a 554 or 421 from the connect hook
+    refused_helo: int = 0
+    refused_auth: int = 0  # every AUTH that did not log in (the script's answer or no hook)
+    refused_mail: int = 0
+    refused_rcpt: int = 0  # relay rule, script Reject/Defer, script errors
+    refused_vrfy: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

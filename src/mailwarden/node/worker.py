@@ -224,8 +224,7 @@ class Worker:
                         ", ".join(settings.listen),
                         ", ".join(bound),
                     )
-                server.apply(settings, config.node.hostname, scripts[settings.id])
-                server.spool_settings = config.spool
+                server.apply(settings, config.node.hostname, scripts[settings.id], config.spool)
             self._apply_node_settings(config)
         except (ConfigError, ScriptError) as error:
             log.error("reload failed, keeping the running configuration: %s", error)

@@ -41,24 +41,134 @@ class AuthIdentity:
     mechanism: str
 
 
-@dataclass(slots=True)
 class Connection:
-    """One client connection. ``state`` is the script's own dict, kept across hooks."""
+    """One client connection, as scripts see it.
 
-    id: str
-    server_id: str
-    remote_ip: str
-    remote_port: int
-    local_ip: str
-    local_port: int
-    helo_name: str | None = None
-    esmtp: bool = False
-    tls: TlsInfo | None = None
-    auth: AuthIdentity | None = None
-    trusted: bool = False  # remote_ip is in the server's trusted_networks
-    state: dict[str, Any] = field(default_factory=dict)
-    _reverse_name: str | None = field(default=None, repr=False)
-    _reverse_done: bool = field(default=False, repr=False)
+    Every field but ``state`` is a fact the server owns (who the client is, what it proved with
+    TLS and AUTH, whether its address is trusted) and is read-only: assigning one raises
+    AttributeError, which in a hook is a script error. ``state`` is the script's own dict, kept
+    across hooks. The relay rule does not read these fields at all: the session decides from
+    its own copies, so nothing a script does to this object can open the relay.
+    """
+
+    __slots__ = (
+        "_auth",
+        "_esmtp",
+        "_helo_name",
+        "_id",
+        "_local_ip",
+        "_local_port",
+        "_remote_ip",
+        "_remote_port",
+        "_reverse_done",
+        "_reverse_name",
+        "_server_id",
+        "_tls",
+        "_trusted",
+        "state",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        server_id: str,
+        remote_ip: str,
+        remote_port: int,
+        local_ip: str,
+        local_port: int,
+        *,
+        helo_name: str | None = None,
+        esmtp: bool = False,
+        tls: TlsInfo | None = None,
+        auth: AuthIdentity | None = None,
+        trusted: bool = False,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        # Building one with every fact given is for tests of scripts; the server passes the
+        # facts it knows at connect and records the others with server_update().
+        set_field = object.__setattr__
+        set_field(self, "_id", id)
+        set_field(self, "_server_id", server_id)
+        set_field(self, "_remote_ip", remote_ip)
+        set_field(self, "_remote_port", remote_port)
+        set_field(self, "_local_ip", local_ip)
+        set_field(self, "_local_port", local_port)
+        set_field(self, "_trusted", trusted)
+        set_field(self, "_helo_name", helo_name)
+        set_field(self, "_esmtp", esmtp)
+        set_field(self, "_tls", tls)
+        set_field(self, "_auth", auth)
+        set_field(self, "_reverse_name", None)
+        set_field(self, "_reverse_done", False)
+        set_field(self, "state", {} if state is None else state)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "state":
+            object.__setattr__(self, name, value)
+            return
+        raise AttributeError(f"conn.{name} is set by the server and read-only to scripts")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"conn.{name} is set by the server and cannot be deleted")
+
+    def __repr__(self) -> str:
+        return (
+            f"Connection(id={self._id!r}, server_id={self._server_id!r}, "
+            f"remote_ip={self._remote_ip!r}, remote_port={self._remote_port}, "
+            f"helo_name={self._helo_name!r}, tls={self._tls is not None}, "
+            f"auth={self._auth!r}, trusted={self._trusted})"
+        )
+
+    # --- read-only facts ---------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """Connection id, as in the logs."""
+        return self._id
+
+    @property
+    def server_id(self) -> str:
+        """The listener's ``id``."""
+        return self._server_id
+
+    @property
+    def remote_ip(self) -> str:
+        return self._remote_ip
+
+    @property
+    def remote_port(self) -> int:
+        return self._remote_port
+
+    @property
+    def local_ip(self) -> str:
+        return self._local_ip
+
+    @property
+    def local_port(self) -> int:
+        return self._local_port
+
+    @property
+    def helo_name(self) -> str | None:
+        """The accepted HELO/EHLO argument (None before it and right after STARTTLS)."""
+        return self._helo_name
+
+    @property
+    def esmtp(self) -> bool:
+        """The client used EHLO."""
+        return self._esmtp
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        return self._tls
+
+    @property
+    def auth(self) -> AuthIdentity | None:
+        return self._auth
+
+    @property
+    def trusted(self) -> bool:
+        """``remote_ip`` is in the server's ``trusted_networks``."""
+        return self._trusted
 
     async def reverse_name(self) -> str | None:
         """The PTR name of ``remote_ip`` (looked up once, on first use; None if there is none).
@@ -66,9 +176,18 @@ class Connection:
         Lookup failures and timeouts give None; they never raise into the script.
         """
         if not self._reverse_done:
-            self._reverse_name = await _lookup_ptr(self.remote_ip)
-            self._reverse_done = True
+            object.__setattr__(self, "_reverse_name", await _lookup_ptr(self._remote_ip))
+            object.__setattr__(self, "_reverse_done", True)
         return self._reverse_name
+
+
+def server_update(conn: Connection, **facts: Any) -> None:
+    """The server's way to record a new fact (``helo_name``, ``esmtp``, ``tls``, ``auth``) on
+    ``conn``; scripts cannot assign them (see :class:`Connection`)."""
+    for name, value in facts.items():
+        if name not in ("helo_name", "esmtp", "tls", "auth"):
+            raise AttributeError(f"conn.{name} is not a fact the server updates")
+        object.__setattr__(conn, f"_{name}", value)
 
 
 async def _lookup_ptr(ip: str) -> str | None:

@@ -43,15 +43,22 @@ async def call_hook(
     hook = script.hooks.get(name)
     if hook is None:
         return None
+    scope: asyncio.Timeout | None = None
     try:
         if timeout is None:
             result = await hook(*args)
         else:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as scope:
                 result = await hook(*args)
     except (Reject, Defer) as action:
         result = action
     except TimeoutError:
+        if scope is None or not scope.expired():
+            # The script's own TimeoutError (its asyncio.wait_for, a socket timeout): a script
+            # error like any other, logged with its traceback.
+            counters.script_errors += 1
+            log.exception("connection %s: hook %s raised", connection_id, name)
+            raise HookFailed(name) from None
         counters.script_errors += 1
         log.error("connection %s: hook %s timed out after %.1fs", connection_id, name, timeout)
         raise HookFailed(name) from None

@@ -206,6 +206,8 @@ SPOOL_WRITE_FAILED = Reply(451, "4.3.0", "Could not store the message, try again
 # A full spool answers end of data with 451, not 452: the sender must retry the whole message.
 SPOOL_FULL = Reply(451, "4.3.1", "Insufficient system storage, try again later")
 SCRIPT_ERROR = Reply(451, "4.3.0", "Temporary local policy error, try again later")
+# At connect only 220, 421 and 554 may greet (RFC 5321 §3.1): a failed connect hook is a 421.
+SCRIPT_ERROR_AT_CONNECT = Reply(421, "4.3.2", "Try again later")
 SCRIPT_DEFER = Reply(451, "4.7.1", "Try again later")
 SCRIPT_REJECT = Reply(550, "5.7.1", "Rejected by policy")
 

@@ -1,8 +1,9 @@
 """One listener (a ``[[servers]]`` entry): its sockets, settings, script and live sessions.
 
 Holds what sessions share: connection limits (total and per client IP), the idle-timeout sweep
-(one timer per server rather than one per connection), the TLS context, and the script that new
-connections pick up. Reload swaps settings and script for new connections only.
+(one timer per server rather than one per connection), and the :class:`ListenerSnapshot` that new
+connections pick up: settings, TLS context, spool settings and script, frozen together. Reload
+builds a new snapshot for new connections only; an open connection keeps the one it started with.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mailwarden.policy.script import PolicyScript
@@ -32,6 +34,58 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailwarden.smtp")
 
 _SWEEP_INTERVAL = 1.0
+
+# Worker indices run up to 1023 (node.workers <= 1024): three hex digits, always all three, so
+# that the worker field of a connection id has a fixed width and ids of two workers never meet.
+_WORKER_ID_DIGITS = 3
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def connection_id(worker: int, number: int) -> str:
+    """The id of connection ``number`` of ``worker``: fixed-width worker field, then the count.
+
+    Unique across workers because the worker field always has the same width: two ids are equal
+    only if both fields are (``1`` + ``10`` and ``11`` + ``0`` would otherwise both be ``110``).
+    """
+    if not 0 <= worker < 16**_WORKER_ID_DIGITS:
+        raise ValueError(f"worker index {worker} does not fit {_WORKER_ID_DIGITS} hex digits")
+    return f"{worker:0{_WORKER_ID_DIGITS}x}{number:x}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSnapshot:
+    """Everything a connection needs from its listener, frozen when the listener (re)loads.
+
+    A session takes the snapshot current at ``connection_made`` and uses it for its whole life
+    (limits, timeouts, local domains, trusted networks, TLS context, spool settings, script), so a
+    reload never changes the rules in the middle of a conversation.
+    """
+
+    settings: ServerSettings
+    protocol_settings: ProtocolSettings
+    local_domains: frozenset[str]
+    trusted_networks: tuple[Network, ...]
+    ssl_context: ssl.SSLContext | None
+    spool_settings: SpoolSettings
+    script: PolicyScript
+    _trusted_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def is_trusted(self, ip: str) -> bool:
+        """``ip`` is in ``trusted_networks`` (answers are cached: the same clients come back)."""
+        trusted = self._trusted_cache.get(ip)
+        if trusted is None:
+            if len(self._trusted_cache) > 65536:
+                self._trusted_cache.clear()
+            trusted = self._trusted_cache[ip] = self._in_trusted_networks(ip)
+        return trusted
+
+    def _in_trusted_networks(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
 
 
 def build_ssl_context(
@@ -60,7 +114,6 @@ class SmtpServer:
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.spool = spool
-        self.spool_settings = spool_settings
         self.worker = worker
         self.sessions: set[SmtpSession] = set()
         self.per_ip: Counter[str] = Counter()
@@ -69,23 +122,44 @@ class SmtpServer:
         self._connection_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
-        self.apply(settings, node_hostname, script)
+        self.snapshot: ListenerSnapshot
+        self.apply(settings, node_hostname, script, spool_settings)
 
-    def apply(self, settings: ServerSettings, node_hostname: str, script: PolicyScript) -> None:
-        """Take new settings and script; connections already open keep what they started with.
+    def apply(
+        self,
+        settings: ServerSettings,
+        node_hostname: str,
+        script: PolicyScript,
+        spool_settings: SpoolSettings | None = None,
+    ) -> None:
+        """Take new settings, script and spool settings (None: keep the current ones) for new
+        connections; connections already open keep the snapshot they started with.
 
         Raises ssl.SSLError or OSError if the TLS files cannot be loaded (nothing changes then).
         """
         ssl_context = None
         if settings.tls_certificate is not None and settings.tls_key is not None:
             ssl_context = build_ssl_context(settings.tls_certificate, settings.tls_key)
-        self.settings = settings
-        self.protocol_settings: ProtocolSettings = settings.protocol_settings(node_hostname)
-        self.script = script
-        self.ssl_context = ssl_context
-        self.local_domains = frozenset(d.lower().rstrip(".") for d in settings.local_domains)
-        self.trusted_networks = [ipaddress.ip_network(n) for n in settings.trusted_networks]
-        self._trusted_cache: dict[str, bool] = {}
+        if spool_settings is None:
+            spool_settings = self.snapshot.spool_settings
+        self.snapshot = ListenerSnapshot(
+            settings=settings,
+            protocol_settings=settings.protocol_settings(node_hostname),
+            local_domains=frozenset(d.lower().rstrip(".") for d in settings.local_domains),
+            trusted_networks=tuple(ipaddress.ip_network(n) for n in settings.trusted_networks),
+            ssl_context=ssl_context,
+            spool_settings=spool_settings,
+            script=script,
+        )
+
+    @property
+    def settings(self) -> ServerSettings:
+        """The settings new connections get (and admission and listening follow)."""
+        return self.snapshot.settings
+
+    @property
+    def spool_settings(self) -> SpoolSettings:
+        return self.snapshot.spool_settings
 
     # --- sockets ---------------------------------------------------------------------------
 
@@ -153,37 +227,23 @@ class SmtpServer:
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
 
-    def is_trusted(self, ip: str) -> bool:
-        trusted = self._trusted_cache.get(ip)
-        if trusted is None:
-            if len(self._trusted_cache) > 65536:
-                self._trusted_cache.clear()
-            trusted = self._trusted_cache[ip] = self._in_trusted_networks(ip)
-        return trusted
-
-    def _in_trusted_networks(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_networks)
-
     def next_connection_id(self) -> str:
-        return f"{self.worker:x}{next(self._connection_ids):x}"
+        return connection_id(self.worker, next(self._connection_ids))
 
     def next_message_id(self) -> str:
         # Time-ordered and unique across workers and restarts: microseconds, worker, counter.
         return f"{time.time_ns() // 1000:x}{self.worker:02x}{next(self._message_ids) & 0xFFFF:04x}"
 
     def _sweep(self) -> None:
-        """Close sessions idle past their timeout (RFC 5321 §4.5.3.2): 421 4.4.2."""
+        """Close sessions idle past their timeout (RFC 5321 §4.5.3.2): 421 4.4.2. Each session's
+        timeouts are those of the snapshot it started with, not the latest reload's."""
         now = self.loop.time()
-        limits = self.settings.limits
         for session in list(self.sessions):
             if session.busy:
                 if session.hook_deadline and now > session.hook_deadline:
                     session.expire_hook()
                 continue
+            limits = session.snapshot.settings.limits
             timeout = limits.data_timeout if session.core.in_data else limits.command_timeout
             if now - session.last_activity > timeout:
                 log.info("connection %s: timeout", session.conn.id if session.conn else "?")

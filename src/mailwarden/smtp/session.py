@@ -4,6 +4,14 @@ Bytes from the socket go into :class:`SmtpConnection`; each event it emits is de
 the policy script (through :mod:`mailwarden.policy.runner`) and the built-in rules that no script
 may switch off (no open relay). Replies are flushed when the core has consumed all pipelined
 input (RFC 2920 §3.2), so a pipelined transaction costs one write.
+
+Flow control, both ways (as uvicorn's FlowControl does): reading pauses while unprocessed input
+is above a mark (a slow hook, a flood), and while the transport's write buffer is above its
+high-water mark (``pause_writing``, a client that pipelines and never reads its replies) no input
+is processed until ``resume_writing``. Memory per connection stays bounded either way, and the
+idle timeout keeps running, so a client that never reads is dropped.
+
+Every session works from the :class:`~mailwarden.smtp.server.ListenerSnapshot` it started with.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from mailwarden.policy.context import (
     Sender,
     TlsInfo,
     Transaction,
+    server_update,
 )
 from mailwarden.policy.headers import Headers
 from mailwarden.policy.runner import HookFailed, call_hook
@@ -39,7 +48,7 @@ from mailwarden.spool.writer import MessageWriter
 from mailwarden.stats import counters
 
 if TYPE_CHECKING:
-    from mailwarden.smtp.server import SmtpServer
+    from mailwarden.smtp.server import ListenerSnapshot, SmtpServer
 
 log = logging.getLogger("mailwarden.smtp")
 
@@ -56,20 +65,29 @@ class SmtpSession(asyncio.Protocol):
 
     def __init__(self, server: SmtpServer) -> None:
         self.server = server
-        self.settings = server.settings
-        self.script = server.script  # pinned for the connection's life; reloads apply to new ones
+        # Set at connection_made: the listener's settings, pinned for the connection's life.
+        self.snapshot: ListenerSnapshot
+        self.core: SmtpConnection
         self.transport: asyncio.Transport | None = None
-        self.core = SmtpConnection(server.protocol_settings)
         self.conn: Connection | None = None
         self.tx: Transaction | None = None
         self.writer: MessageWriter | None = None
         self.last_activity = 0.0
         self.busy = False  # a hook or the spool is working: the idle timeout does not run
         self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
+        self._input_full = False  # unprocessed input above _HIGH_WATER
+        self._writing_paused = False  # the transport's write buffer is above its high water
+        self._reading_paused = False
+        self._lost = False
+        self._draining = False  # closed, waiting for the client to take the last replies
         self._task: asyncio.Task[None] | None = None
         self._sasl: Any = None
         self._remote_ip = ""
+        # The relay rule's facts, kept here rather than read from ``conn``: whatever a script
+        # does to its Connection object, it cannot change what the relay rule sees.
+        self._trusted = False
+        self._auth: AuthIdentity | None = None
+        self._tls = False
         self.hook_deadline = 0.0
         self._hook_expired = False
 
@@ -77,17 +95,29 @@ class SmtpSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.snapshot = snapshot = self.server.snapshot
+        self.settings = snapshot.settings
+        self.script = snapshot.script
+        self.core = SmtpConnection(snapshot.protocol_settings)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self._remote_ip = peer[0]
         refusal = self.server.admit(self)
         if refusal is not None:
             counters.connections_refused += 1
+            log.info(
+                'connection refused: client=%s reply="%d %s %s"',
+                self._remote_ip,
+                refusal.code,
+                refusal.enhanced,
+                refusal.text,
+            )
             transport.write(refusal.encode())
             transport.close()
             return
         counters.connections += 1
         self.last_activity = self.server.loop.time()
+        self._trusted = snapshot.is_trusted(peer[0])
         self.conn = Connection(
             id=self.server.next_connection_id(),
             server_id=self.settings.id,
@@ -95,41 +125,81 @@ class SmtpSession(asyncio.Protocol):
             remote_port=peer[1],
             local_ip=local[0],
             local_port=local[1],
-            trusted=self.server.is_trusted(peer[0]),
+            trusted=self._trusted,
         )
         self._task = self.server.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
         self.core.receive_data(data)
         self.last_activity = self.server.loop.time()
-        if self.core.buffered_bytes > _HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()
-            self._paused = True
+        if self.core.buffered_bytes > _HIGH_WATER:
+            self._input_full = True
+            self._update_reading()
         self._wake()
 
     def eof_received(self) -> bool | None:
         self.core.receive_data(b"")
         self._wake()
+        if self._tls:
+            # An SSL transport closes itself after EOF whatever we answer (a close_notify ends
+            # the TLS session, RFC 8446 §6.1), and asyncio warns about a True answer.
+            return None
         return True  # keep our sending side open: pipelined commands still get their replies
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self.core.connection_lost()
         self._wake()
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer went above its high-water mark: the client does not
+        read its replies. Stop reading and processing input until it does."""
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        """The write buffer drained below its low-water mark: the client reads again."""
+        self._writing_paused = False
+        self.last_activity = self.server.loop.time()  # reading replies is activity too
+        self._update_reading()
+        self._wake()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading from the socket as the two flow-control marks say."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        pause = self._input_full or self._writing_paused
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait_for_input(self) -> None:
-        if self._paused and self.transport is not None:
-            self._paused = False
-            self.transport.resume_reading()
+    async def _wait(self) -> None:
+        """Until data_received, resume_writing, connection_lost or expire wakes the session."""
         self._waiter = self.server.loop.create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
+
+    async def _wait_for_input(self) -> None:
+        if self._writing_paused:
+            # The client leaves its replies unread: process nothing more until the transport
+            # drains (resume_writing), the client goes away, or the idle sweep expires us.
+            await self._wait()
+            return
+        # Everything buffered was processed: reading may go on.
+        self._input_full = False
+        self._update_reading()
+        await self._wait()
 
     def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -172,8 +242,15 @@ class SmtpSession(asyncio.Protocol):
         if self.writer is not None:
             self.writer.discard()
             self.writer = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self._hang_up()
+        transport = self.transport
+        if transport is not None and not self._lost and transport.get_write_buffer_size():
+            # Replies are still buffered for a client that does not read them; the transport
+            # closes (connection_lost) once they are sent. Stay registered meanwhile, so that
+            # the idle sweep bounds how long (it aborts the transport, see expire).
+            self._draining = True
+            while not self._lost:
+                await self._wait()
         try:
             with contextlib.suppress(HookFailed):
                 await self._hook("disconnect", self.conn)
@@ -219,32 +296,57 @@ class SmtpSession(asyncio.Protocol):
             self._hook_expired = True
             self._task.cancel()
 
-    async def _decide(self, name: str, *args: Any) -> Any:
+    async def _decide(self, name: str, phase: str, *args: Any, detail: str = "") -> Any:
         """The hook's action, or ANSWERED when the client already got its answer: the
-        script's own refusal, or 451 4.3.0 when the hook failed."""
+        script's own refusal, or 451 4.3.0 when the hook failed (both logged and counted)."""
         try:
             action = await self._hook(name, *args)
         except HookFailed:
+            self._refused(phase, replies.SCRIPT_ERROR, detail)
             self.core.send_reply(replies.SCRIPT_ERROR)
             return ANSWERED
         if isinstance(action, Reject | Defer):
-            self._refuse(action)
+            self._refuse(action, phase, detail)
             return ANSWERED
         return action
 
-    def _refuse(self, action: Reject | Defer) -> None:
+    def _refuse(self, action: Reject | Defer, phase: str, detail: str = "") -> None:
+        self._refused(phase, action.reply, detail)
         self.core.send_reply(action.reply, disconnect=action.disconnect)
+
+    def _refused(self, phase: str, reply: Reply, detail: str = "") -> None:
+        """Log and count a refusal (RFC 5321 §4.2.1: the 4xx/5xx the client was sent).
+
+        One info line each, with what an operator needs to answer "why was this refused":
+        connection id, phase, client, reply; ``detail`` names the envelope address concerned.
+        Never AUTH data. Script-supplied text is escaped, so it cannot forge log lines.
+        """
+        name = _REFUSAL_COUNTERS[phase]
+        setattr(counters, name, getattr(counters, name) + 1)
+        text = " / ".join(replies.sanitize_text(line) for line in reply.all_lines())
+        log.info(
+            'connection %s: %s refused: client=%s%s reply="%d %s %s"',
+            self.conn.id if self.conn is not None else "?",
+            phase,
+            self._remote_ip,
+            detail,
+            reply.code,
+            reply.enhanced or "-",
+            text,
+        )
 
     # --- phases ----------------------------------------------------------------------------
 
     async def _greet(self) -> None:
         assert self.conn is not None
         banner = self.settings.greeting_banner
-        hostname = self.server.protocol_settings.hostname
+        hostname = self.snapshot.protocol_settings.hostname
         try:
             action = await self._hook("connect", self.conn)
         except HookFailed:
-            self.core.send_greeting(replies.SERVICE_SHUTTING_DOWN.with_text("Try again later"))
+            reply = replies.SCRIPT_ERROR_AT_CONNECT
+            self._refused("connect", reply)
+            self.core.send_greeting(reply)
             return
         if isinstance(action, Reject | Defer):
             reply = action.reply
@@ -252,6 +354,7 @@ class SmtpSession(asyncio.Protocol):
                 reply = Reply(554, reply.enhanced, reply.text, reply.lines)
             elif reply.is_transient and reply.code != 421:
                 reply = Reply(421, reply.enhanced, reply.text, reply.lines)
+            self._refused("connect", reply)
             self.core.send_greeting(reply)
             if action.disconnect and not self.core.closed:
                 # RFC 5321 §3.1 lets a 554 server wait for QUIT; the script asked not to.
@@ -266,11 +369,16 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_helo(self, event: events.Helo) -> None:
         assert self.conn is not None
-        action = await self._decide("helo", self.conn, Helo(event.name, event.extended))
+        action = await self._decide(
+            "helo",
+            "helo",
+            self.conn,
+            Helo(event.name, event.extended),
+            detail=f" helo={replies.quote_for_reply(event.name, 255)}",
+        )
         if action is ANSWERED:
             return
-        self.conn.helo_name = event.name
-        self.conn.esmtp = event.extended
+        server_update(self.conn, helo_name=event.name, esmtp=event.extended)
         self.core.accept()
 
     async def _on_starttls(self, event: events.StartTls) -> None:
@@ -280,7 +388,7 @@ class SmtpSession(asyncio.Protocol):
             new_transport = await self.server.loop.start_tls(
                 self.transport,
                 self,
-                self.server.ssl_context,
+                self.snapshot.ssl_context,
                 server_side=True,
                 ssl_handshake_timeout=self.settings.limits.command_timeout,
             )
@@ -299,6 +407,9 @@ class SmtpSession(asyncio.Protocol):
             self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
             return
         self.transport = new_transport
+        # A fresh transport with its own flow control; the old one's marks are gone with it.
+        self._tls = True
+        self._writing_paused = self._reading_paused = self._input_full = False
         ssl_object = new_transport.get_extra_info("ssl_object")
         cipher = ssl_object.cipher() if ssl_object is not None else None
         peer_cert = ssl_object.getpeercert() if ssl_object is not None else None
@@ -307,13 +418,13 @@ class SmtpSession(asyncio.Protocol):
             subject = ", ".join(
                 "=".join(item) for rdn in peer_cert.get("subject", ()) for item in rdn
             )
-        self.conn.tls = TlsInfo(
+        tls = TlsInfo(
             protocol=ssl_object.version() if ssl_object is not None else "",
             cipher=cipher[0] if cipher else "",
             bits=cipher[2] if cipher else 0,
             peer_certificate_subject=subject,
         )
-        self.conn.helo_name = None
+        server_update(self.conn, tls=tls, helo_name=None)
         self.core.tls_established()
 
     async def _on_auth(self, event: events.AuthRequest | events.AuthResponse) -> None:
@@ -330,28 +441,35 @@ class SmtpSession(asyncio.Protocol):
         if isinstance(step, Failed):
             self.core.send_reply(step.reply)
             return
+        # Logged with the mechanism only: user names and passwords stay out of the log.
+        detail = f" mechanism={step.mechanism}"
         try:
             action = await self._hook("auth", self.conn, step)
         except HookFailed:
+            self._refused("auth", replies.AUTH_TEMPORARY_FAILURE, detail)
             self.core.send_reply(replies.AUTH_TEMPORARY_FAILURE)
             return
         if isinstance(action, Accept):
-            self.conn.auth = AuthIdentity(step.username, step.mechanism)
+            self._auth = AuthIdentity(step.username, step.mechanism)
+            server_update(self.conn, auth=self._auth)
             self.core.send_reply(replies.AUTH_SUCCEEDED)
             return
         counters.auth_failures += 1
         # Slow down guessing: each failure on this connection waits longer before the answer.
         await asyncio.sleep(self.core.auth_failure_delay() + 0.25)
         if isinstance(action, Reject | Defer):
-            self._refuse(action)
+            self._refuse(action, "auth", detail)
         else:
+            self._refused("auth", replies.AUTH_FAILED, detail)
             self.core.send_reply(replies.AUTH_FAILED)
 
     async def _on_mail(self, event: events.MailFrom) -> None:
         assert self.conn is not None
         self.tx = Transaction(id=self.server.next_message_id())
         sender = Sender(str(event.path.address), dict(event.path.parameters))
-        action = await self._decide("mail_from", self.conn, self.tx, sender)
+        action = await self._decide(
+            "mail_from", "mail", self.conn, self.tx, sender, detail=f" from=<{sender.address}>"
+        )
         if action is ANSWERED:
             self.tx = None
             return
@@ -365,39 +483,44 @@ class SmtpSession(asyncio.Protocol):
         self.tx.sender = sender
         self.core.send_reply(reply)
 
-    def _relay_refusal(self, recipient: Recipient, domain: str) -> Reply | None:
+    def _relay_refusal(self, address: str) -> Reply | None:
         """The built-in anti-relay rule, which no script can switch off: untrusted,
-        unauthenticated clients may only send to the local domains (and to postmaster)."""
-        assert self.conn is not None
-        if self.conn.trusted or self.conn.auth is not None:
+        unauthenticated clients may only send to the local domains (and to postmaster).
+
+        Decided from the session's own facts, never from ``conn``, which scripts hold.
+        """
+        if self._trusted or self._auth is not None:
             return None
-        if not domain:
+        local, at, domain = address.rpartition("@")
+        if not at:
             return None  # <postmaster>, which RFC 5321 §4.5.1 requires us to accept
-        if domain.lower().rstrip(".") not in self.server.local_domains:
+        if domain.lower().rstrip(".") not in self.snapshot.local_domains:
             return replies.RELAY_DENIED
-        local = recipient.address.rpartition("@")[0]
         if local.startswith('"') or any(char in local for char in "%!@"):
             return replies.ROUTING_REFUSED
         return None
 
     async def _on_rcpt(self, event: events.RcptTo) -> None:
         assert self.conn is not None and self.tx is not None
-        address = event.path.address
-        recipient = Recipient(str(address), dict(event.path.parameters))
-        refusal = self._relay_refusal(recipient, address.domain)
+        recipient = Recipient(str(event.path.address), dict(event.path.parameters))
+        detail = f" to=<{recipient.address}>"
+        refusal = self._relay_refusal(recipient.address)
         if refusal is not None:
+            self._refused("rcpt", refusal, detail)
             self.core.send_reply(refusal)
             return
-        action = await self._decide("rcpt_to", self.conn, self.tx, recipient)
+        action = await self._decide("rcpt_to", "rcpt", self.conn, self.tx, recipient, detail=detail)
         if action is ANSWERED:
             return
         reply = replies.RECIPIENT_OK
         if isinstance(action, Accept):
             if action.recipient is not None:
                 recipient.address = action.recipient
-                # A rewrite must not open a relay path the built-in rule just closed.
-                refusal = self._relay_refusal(recipient, action.recipient.rpartition("@")[2])
+                # A rewrite must not open a relay path the built-in rule just closed. A bare
+                # "postmaster" has no domain and passes, as RFC 5321 §4.5.1 wants.
+                refusal = self._relay_refusal(action.recipient)
                 if refusal is not None:
+                    self._refused("rcpt", refusal, f"{detail} rewritten=<{action.recipient}>")
                     self.core.send_reply(refusal)
                     return
             recipient.metadata.update(action.metadata)
@@ -409,7 +532,7 @@ class SmtpSession(asyncio.Protocol):
     async def _on_message_start(self, event: events.MessageStart) -> None:
         assert self.tx is not None
         self.writer = MessageWriter(
-            self.tx.id, self.server.spool.spill_path, self.server.spool_settings.memory_threshold
+            self.tx.id, self.server.spool.spill_path, self.snapshot.spool_settings.memory_threshold
         )
         self.writer.write(self._received_header(event.chunking))
 
@@ -428,22 +551,23 @@ class SmtpSession(asyncio.Protocol):
         assert self.conn is not None and self.tx is not None
         writer, self.writer = self.writer, None
         assert writer is not None
+        detail = f" id={self.tx.id}"
         try:
             action = await self._end_of_data(writer)
         finally:
             writer.discard()  # closes a spill file; a committed file was already handed over
         self.tx = None
         if isinstance(action, Reject | Defer):
-            counters.messages_rejected += 1
-            self._refuse(action)
-        else:
-            self.core.send_reply(action)
+            self._refuse(action, "data", detail)
+            return
+        if not action.is_positive:  # a script error, a spool failure
+            self._refused("data", action, detail)
+        self.core.send_reply(action)
 
     async def _end_of_data(self, writer: MessageWriter) -> Reply | Reject | Defer:
         """Decide on and store a complete message; the reply (or refusal) to send."""
         assert self.conn is not None and self.tx is not None
         if writer.error is not None:
-            counters.messages_rejected += 1
             return writer.error
         headers = Headers.parse(writer.header_block())
         message = Message(
@@ -558,7 +682,7 @@ class SmtpSession(asyncio.Protocol):
         ip = conn.remote_ip
         literal = f"IPv6:{ip}" if ":" in ip else ip
         lines = [f"Received: from {helo} ([{literal}])"]
-        lines.append(f"\tby {self.server.protocol_settings.hostname} (Mailwarden)")
+        lines.append(f"\tby {self.snapshot.protocol_settings.hostname} (Mailwarden)")
         if conn.tls:
             lines.append(
                 f"\t(using {conn.tls.protocol} with cipher {conn.tls.cipher}"
@@ -574,7 +698,17 @@ class SmtpSession(asyncio.Protocol):
         if self.writer is not None:
             self.writer.discard()
             self.writer = None
-        counters.messages_rejected += 1
+        if not event.reason.startswith("connection closed"):
+            # The core refused the content (bare CR/LF, NUL, size) and sent its 5xx itself: a
+            # message refused at end of data. A connection closed mid-message is no refusal.
+            counters.messages_rejected += 1
+            log.info(
+                "connection %s: data refused: client=%s%s reason=%s",
+                self.conn.id if self.conn is not None else "?",
+                self._remote_ip,
+                f" id={self.tx.id}" if self.tx is not None else "",
+                event.reason,
+            )
         self.tx = None
 
     async def _on_reset(self, event: events.TransactionReset) -> None:
@@ -585,7 +719,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_vrfy(self, event: events.Vrfy) -> None:
         assert self.conn is not None
-        action = await self._decide("vrfy", self.conn, event.argument)
+        action = await self._decide("vrfy", "vrfy", self.conn, event.argument)
         if action is ANSWERED:
             return
         if isinstance(action, Accept):
@@ -597,6 +731,10 @@ class SmtpSession(asyncio.Protocol):
             self.core.accept()
 
     async def _on_closing(self, event: events.ConnectionClosing) -> None:
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        """Send what is left and close; the transport closes once its buffer has drained."""
         self._flush()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
@@ -604,12 +742,20 @@ class SmtpSession(asyncio.Protocol):
     # --- server-initiated ------------------------------------------------------------------
 
     def expire(self, reply: Reply, reason: str) -> None:
-        """Close from outside (idle timeout, shutdown grace over): reply, then hang up."""
+        """Close from outside (idle timeout, shutdown grace over): reply, then hang up.
+
+        A client whose replies pile up unread (writing paused), or that stopped reading before
+        the last of them, would keep the transport open for ever waiting to drain: abort it.
+        """
+        stuck = self._writing_paused or self._draining
         self.core.close_with(reply, reason)
         self._wake()
-        if self.busy and self.transport is not None:
-            self._flush()
-            self.transport.close()
+        if self.transport is None:
+            return
+        if stuck:
+            self.transport.abort()
+        elif self.busy:
+            self._hang_up()
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -622,6 +768,18 @@ def _received_date() -> str:
     if _date_cache[0] != now:
         _date_cache = (now, formatdate(now, localtime=True))
     return _date_cache[1]
+
+
+# Which counter each phase's refusals go to (see mailwarden.stats).
+_REFUSAL_COUNTERS: dict[str, str] = {
+    "connect": "refused_connect",
+    "helo": "refused_helo",
+    "auth": "refused_auth",
+    "mail": "refused_mail",
+    "rcpt": "refused_rcpt",
+    "data": "messages_rejected",
+    "vrfy": "refused_vrfy",
+}
 
 
 _HANDLERS: dict[type, Any] = {
