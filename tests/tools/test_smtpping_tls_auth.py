@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +176,44 @@ def test_unreadable_client_certificate_stops_before_connecting(ours: list[str]) 
     ran = run_smtpping(ours, "--tls", "--tls-cert", "/nonexistent.pem", "u@e.test", "@127.0.0.1")
     assert ran.returncode == 1
     assert ran.stderr.startswith("tls: ")
+
+
+# The asyncio driver keeps time with the same Timekeeper as the epoll engine; these
+# check its adaptation: the -w pause woken by Ctrl-C, --duration, the -r ticker.
+
+
+def test_ctrl_c_during_a_wait_ends_a_starttls_run(ours: list[str], starttls_server) -> None:
+    controller, recorder = starttls_server
+    target = ("u@example.test", "@127.0.0.1", "-p", port_of(controller))
+    process = subprocess.Popen(
+        [*ours, "--starttls", "-w", "60000", "-s", "0", *target],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("PING ")
+    assert process.stdout.readline().startswith("seq=1, connect=")
+    process.send_signal(signal.SIGINT)  # arrives during the 60 s wait
+    rest = process.stdout.read()
+    assert process.wait(timeout=30) == 0
+    assert "1 e-mail messages transmitted" in rest
+    assert len(recorder.envelopes) == 1
+
+
+def test_duration_and_rate_ticks_on_a_starttls_run(ours: list[str], starttls_server) -> None:
+    controller, recorder = starttls_server
+    ran = run_smtpping(
+        ours,
+        *("--starttls", "-r", "-P", "2", "--duration", "2.5", "-w", "200", "-s", "0"),
+        *("u@example.test", "@127.0.0.1", "-p", port_of(controller)),
+    )
+    assert ran.returncode == 0, ran.stderr
+    counts, _, summary = ran.stdout.partition("\n--- rate summary ---\n")
+    ticks = [int(line) for line in counts.splitlines()]
+    # Second 0 at once, then one a second until the stop at 2.5 s.
+    assert len(ticks) == 3
+    assert ticks[0] == 0
+    assert f"{len(recorder.envelopes)} messages completed in " in summary
+    assert sum(ticks) <= len(recorder.envelopes)
+    assert "errors: none" in summary

@@ -15,6 +15,7 @@ import errno
 import os
 import select
 import socket
+from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,11 +25,25 @@ from .result import CLOSED_CODE, PingResult, SessionPlan
 if TYPE_CHECKING:
     from .worker import WorkerCursor
 
-# One step per reply awaited: (lowest and highest code that pass; failure label;
-# marks to take: 1, none for all but the last RCPT, 2 for the last RCPT before BDAT,
-# which has no DATA round trip so 1.1 marks "data" right after RCPT; whether the
-# code is the EOM code; what to send next, or None at the end).
-Step = tuple[int, int, str, int, bool, bytes | None]
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One reply a plain transaction awaits, and what answers it.
+
+    Slots, not a NamedTuple: the hot path reads a few fields per reply, and a slot
+    read costs what indexing a bare tuple does, where unpacking a tuple subclass
+    takes Python's slow generic path.
+    """
+
+    low: int  # lowest reply code that passes
+    high: int  # highest reply code that passes
+    label: str  # the failure label, in 1.1's words
+    marks: int  # marks to take: 1; 0 for all but the last RCPT; 2 for the last RCPT
+    # before BDAT, which has no DATA round trip, so 1.1 marks "data" right after RCPT
+    is_eom: bool  # the reply to the message: its code is kept as the EOM code
+    command: bytes | None  # what to send next; None at the end
+
+
 _CLASS_2 = (200, 299)
 _CLASS_3 = (300, 399)
 _ANY = (1, 999)  # 1.1 takes any reply to the message and to QUIT
@@ -59,19 +74,19 @@ def plan_steps(plan: SessionPlan) -> tuple[Step, ...]:
     """The replies of one plain transaction, in order, with what answers each."""
     payload = plan.payload
     rcpts = plan.rcpt_commands
-    steps: list[Step] = [
-        (*_CLASS_2, "BANNER", 1, False, plan.helo_command),
-        (*_CLASS_2, plan.helo_label, 1, False, plan.mail_command),
-        (*_CLASS_2, "MAIL FROM", 1, False, rcpts[0]),
+    steps = [
+        Step(*_CLASS_2, "BANNER", 1, False, plan.helo_command),
+        Step(*_CLASS_2, plan.helo_label, 1, False, plan.mail_command),
+        Step(*_CLASS_2, "MAIL FROM", 1, False, rcpts[0]),
     ]
-    steps.extend((*_CLASS_2, "RCPT TO", 0, False, rcpt) for rcpt in rcpts[1:])
+    steps.extend(Step(*_CLASS_2, "RCPT TO", 0, False, rcpt) for rcpt in rcpts[1:])
     if payload.chunking:
-        steps.append((*_CLASS_2, "RCPT TO", 2, False, payload.wire))
+        steps.append(Step(*_CLASS_2, "RCPT TO", 2, False, payload.wire))
     else:
-        steps.append((*_CLASS_2, "RCPT TO", 1, False, b"DATA\r\n"))
-        steps.append((*_CLASS_3, "DATA", 1, False, payload.wire))
-    steps.append((*_ANY, "EOM", 1, True, b"QUIT\r\n"))
-    steps.append((*_ANY, "QUIT", 1, False, None))
+        steps.append(Step(*_CLASS_2, "RCPT TO", 1, False, b"DATA\r\n"))
+        steps.append(Step(*_CLASS_3, "DATA", 1, False, payload.wire))
+    steps.append(Step(*_ANY, "EOM", 1, True, b"QUIT\r\n"))
+    steps.append(Step(*_ANY, "QUIT", 1, False, None))
     return tuple(steps)
 
 
@@ -191,18 +206,20 @@ class PlainTransaction:
             code = int(data[:3])
         except ValueError:
             code = 0
-        low, high, label, marks, is_eom, command = self._steps[self._step]
-        if not low <= code <= high:
-            self._failed(label, code)
+        step = self._steps[self._step]
+        if not step.low <= code <= step.high:
+            self._failed(step.label, code)
             return
         now = self.last_activity_ns = perf_counter_ns()
+        marks = step.marks
         if marks:
             taken = self.result.marks
             taken.append(now - self.connected_ns)
             if marks == 2:
                 taken.append(now - self.connected_ns)
-        if is_eom:
+        if step.is_eom:
             self.result.eom_code = code
+        command = step.command
         if command is None:
             self.finish(None)
             return
@@ -269,14 +286,15 @@ class PlainTransaction:
             size = self._recv()
 
     def _reply(self, code: int) -> None:
-        low, high, label, marks, is_eom, command = self._steps[self._step]
-        if not low <= code <= high:
-            self._failed(label, code)
+        step = self._steps[self._step]
+        if not step.low <= code <= step.high:
+            self._failed(step.label, code)
             return
         now = self.last_activity_ns = perf_counter_ns()
-        self.result.marks.extend([now - self.connected_ns] * marks)
-        if is_eom:
+        self.result.marks.extend([now - self.connected_ns] * step.marks)
+        if step.is_eom:
             self.result.eom_code = code
+        command = step.command
         if command is None:
             self.finish(None)
             return
@@ -320,7 +338,7 @@ class PlainTransaction:
             if not self.connected_ns:
                 result.failure, result.detail = "connect", "timeout"
             else:
-                result.failure, result.code = self._steps[self._step][2], code
+                result.failure, result.code = self._steps[self._step].label, code
         self.sock = None
         self._unsent = None
         self._quick = False

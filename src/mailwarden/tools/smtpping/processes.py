@@ -24,13 +24,15 @@ def _child(run: Run, indexes: list[int], channel: Connection) -> None:
     """Body of one child: run its workers, report, and leave without cleanup handlers."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
-    run.on_tick = lambda count: channel.send(("tick", count))
-    run.tick_interval = 0.1
-    run.stop_signal = signal.SIGUSR1
+    clock = run.timekeeper(
+        tick_sink=lambda count: channel.send(("tick", count)),
+        tick_interval=0.1,
+        stop_signal=signal.SIGUSR1,
+    )
     # A stop that comes before the run has installed its own handler still counts.
-    signal.signal(signal.SIGUSR1, lambda signum, frame: run.stop())
+    signal.signal(signal.SIGUSR1, lambda signum, frame: clock.stop())
     try:
-        outcomes = run.execute(indexes)
+        outcomes = run.execute(indexes, clock)
         # The run is over and its handler gone: a late stop request must not kill us.
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         channel.send(("done", run.stats, list(zip(indexes, outcomes, strict=True))))

@@ -2,9 +2,12 @@
 
 The pinging itself is done by one of two drivers, chosen by ``execute``: the epoll
 engine (``engine.py``) for plain SMTP, and asyncio (``coroutines.py``) when the
-run needs TLS or AUTH. Both walk the same workers (``worker.py``) and report
-through the methods here, so their output is the same. Stopping (Ctrl-C,
---duration) lets transactions in flight finish; a second Ctrl-C kills at once.
+run needs TLS or AUTH. Both walk the same workers (``worker.py``), keep time with
+the same ``Timekeeper`` (``timekeeper.py``: ticks, progress line, --duration, -w,
+the stop signal) and report through the methods here, so their output is the
+same. Stopping (Ctrl-C, --duration) lets transactions in flight finish; a second
+Ctrl-C kills at once. The drivers see the run only as a ``worker.RunView``: the
+runner imports them, never the other way round.
 """
 
 from __future__ import annotations
@@ -12,15 +15,16 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import monotonic
 from typing import TextIO
 
 from . import report
 from .options import Options
 from .result import PingResult, SessionPlan
 from .stats import PHASES, RunStats
+from .timekeeper import Timekeeper
 from .worker import Target, WorkerOutcome
 
 __all__ = ["Run", "Target", "WorkerOutcome"]
@@ -36,15 +40,8 @@ class Run:
     out: TextIO = sys.stdout
     err: TextIO = sys.stderr
     stats: RunStats = field(default_factory=RunStats)
-    completed_since_tick: int = 0
-    stopping: bool = False
-    started: float = 0.0
-    on_tick: Callable[[int], None] | None = None  # multi-process children report here
-    tick_interval: float = 1.0
-    stop_signal: int = signal.SIGINT
-    on_stop: Callable[[], None] | None = None  # the driver's way to end -w pauses early
+    started: float = 0.0  # when the pinging began, for the summary's elapsed time
     keeps_phases: bool = field(init=False)
-    _second: int = 0
     _targets: dict[str, Target | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -53,25 +50,52 @@ class Run:
         # a run that prints none skips timing them (eight samples a ping).
         self.keeps_phases = options.parallel <= 1 or options.percentiles or options.json
 
-    @property
-    def ticks(self) -> bool:
-        return self.options.rate or self.on_tick is not None
+    def timekeeper(
+        self,
+        *,
+        tick_sink: Callable[[int], None] | None = None,
+        tick_interval: float = 1.0,
+        stop_signal: int = signal.SIGINT,
+    ) -> Timekeeper:
+        """The clock for this run; a --processes child passes where its ticks go."""
+        options = self.options
+        return Timekeeper(
+            self.stats,
+            out=self.out,
+            err=self.err,
+            ticks=options.rate,
+            tick_interval=tick_interval,
+            tick_sink=tick_sink,
+            json=options.json,
+            progress=self._wants_progress(tick_sink is None),
+            duration_s=options.duration_s,
+            stop_signal=stop_signal,
+        )
 
-    def execute(self, indexes: range | list[int] | None = None) -> list[WorkerOutcome]:
+    def _wants_progress(self, alone: bool) -> bool:
+        """A live line on a terminal, only when nothing else is printed a ping at a time."""
+        options = self.options
+        silent = (options.quiet and not options.rate) or (options.json and not self.out.isatty())
+        return options.progress and silent and alone and self.err.isatty()
+
+    def execute(
+        self, indexes: range | list[int] | None = None, clock: Timekeeper | None = None
+    ) -> list[WorkerOutcome]:
         """Run every worker (or those given) to the end; outcomes in worker order."""
         workers = indexes if indexes is not None else range(self.options.workers)
-        if self.plan.plain:
-            from .engine import run_plain
+        if clock is None:
+            clock = self.timekeeper()
+        self.started = monotonic()
+        try:
+            if self.plan.plain:
+                from .engine import run_plain
 
-            return run_plain(self, workers)
-        from .coroutines import run_async, run_workers
+                return run_plain(self, workers, clock)
+            from .coroutines import run_async, run_workers
 
-        return run_async(run_workers(self, workers))
-
-    def stop(self) -> None:
-        self.stopping = True
-        if self.on_stop is not None:
-            self.on_stop()
+            return run_async(run_workers(self, workers, clock))
+        finally:
+            self.started = clock.started or self.started
 
     def target(self, address: str) -> Target | None:
         """getaddrinfo as 1.1 does it, once per address; None after 1.1's error line, or
@@ -118,7 +142,6 @@ class Run:
         options = self.options
         if result.failure is None:
             stats.completed += 1
-            self.completed_since_tick += 1
             if options.json:
                 self.out.write(report.ping_json(worker, seq, address, options.port, result))
             elif not options.quiet:
@@ -131,39 +154,5 @@ class Run:
         else:
             self.err.write(report.error_line(seq, address, result))
 
-    def tick(self) -> None:
-        """Print the messages completed since the last tick (-r), or hand them to the parent."""
-        count, self.completed_since_tick = self.completed_since_tick, 0
-        if self.on_tick is not None:
-            self.on_tick(count)
-        elif self.options.json:
-            self.out.write(report.rate_json(self._second, count))
-        else:
-            self.out.write(f"{count}\n")
-        self.out.flush()
-        self._second += 1
-
-    def wants_progress(self) -> bool:
-        """A live line on a terminal, only when nothing else is printed a ping at a time."""
-        options = self.options
-        silent = (options.quiet and not options.rate) or (options.json and not self.out.isatty())
-        return options.progress and silent and self.on_tick is None and self.err.isatty()
-
-    def draw_progress(self) -> None:
-        stats = self.stats
-        elapsed = self.elapsed()
-        self.err.write(
-            f"\r\x1b[K{stats.completed} sent, {stats.failed} failed, "
-            f"{stats.completed / elapsed:.0f} msg/s, {elapsed:.0f} s"
-        )
-        self.err.flush()
-
-    def finish_helpers(self) -> None:
-        """After the last ping: erase the progress line, report the last partial tick."""
-        if self.wants_progress():
-            self.err.write("\r\x1b[K")
-        if self.on_tick is not None:
-            self.on_tick(self.completed_since_tick)
-
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return monotonic() - self.started

@@ -10,11 +10,12 @@ and waits the pause it returns before asking again; ``None`` ends the worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from .result import PingResult
-    from .runner import Run
+    from .options import Options
+    from .result import PingResult, SessionPlan
+    from .timekeeper import Timekeeper
 
 NEVER_CONNECTED = ("connect", "bind")
 
@@ -34,11 +35,28 @@ class Target:
     sockaddr: tuple[object, ...]
 
 
+class RunView(Protocol):
+    """What workers and drivers need from their run (``runner.Run`` is one).
+
+    A protocol, so that neither the drivers nor this module import the runner,
+    which chooses and imports the drivers.
+    """
+
+    options: Options
+    plan: SessionPlan
+    addresses: list[str]
+
+    def target(self, address: str) -> Target | None: ...
+    def announce(self, address: str) -> None: ...
+    def report(self, worker: int, seq: int, address: str, result: PingResult) -> None: ...
+
+
 class WorkerCursor:
     """Which address a worker pings next, its seq number, and when it is done."""
 
     __slots__ = (
         "_addresses",
+        "_clock",
         "_count",
         "_target",
         "_wait_s",
@@ -48,8 +66,9 @@ class WorkerCursor:
         "seq",
     )
 
-    def __init__(self, run: Run, index: int) -> None:
+    def __init__(self, run: RunView, index: int, clock: Timekeeper) -> None:
         self.run = run
+        self._clock = clock  # only its stop flag
         self.index = index
         self.seq = 0
         self.outcome = WorkerOutcome()
@@ -67,7 +86,7 @@ class WorkerCursor:
         target = self._target
         if target is not None:
             if self.seq > 0:
-                if run.stopping or self._count_reached():
+                if self._clock.stopping or self._count_reached():
                     return self._finish(target.address)
                 self.seq += 1
                 return target
@@ -77,7 +96,7 @@ class WorkerCursor:
             if target is None:
                 continue
             run.announce(address)
-            if run.stopping:
+            if self._clock.stopping:
                 continue  # as 1.1: stopped before the first ping, each header is still printed
             self._target = target
             return target
@@ -98,6 +117,7 @@ class WorkerCursor:
             self.seq = 1
         run = self.run
         run.report(self.index, self.seq, self._target.address, result)  # type: ignore[union-attr]
-        if self.seq == 0 or run.stopping or self._count_reached() or not self._wait_s:
+        stopping = self._clock.stopping
+        if self.seq == 0 or stopping or self._count_reached() or not self._wait_s:
             return 0.0
         return self._wait_s
