@@ -148,23 +148,26 @@ class DataReader:
     line is checked and passed on as it comes). Every run is judged by ``check``.
     """
 
-    __slots__ = ("_at_line_start", "_line_length", "check", "hold")
+    __slots__ = ("_at_line_start", "_line_length", "check", "done", "hold")
 
     def __init__(self, check: ContentCheck, hold: int) -> None:
         self.check = check
         self.hold = hold
+        self.done = False  # the end marker was read: what follows is not this message's
         self._at_line_start = True
         self._line_length = 0
 
     def read(self, buf: bytearray) -> bytes | _Marker | None:
         """Content (possibly empty), ``END_OF_DATA`` once, or None for "need more".
 
-        The content before the terminator and the terminator itself come from two calls.
+        The content before the terminator and the terminator itself come from two calls;
+        after the terminator the reader reads nothing more.
         """
-        if not buf:
+        if not buf or self.done:
             return None
         if self._at_line_start and buf[:3] == b".\r\n":
             del buf[:3]
+            self.done = True
             return END_OF_DATA
         found = buf.find(_DATA_END)
         if found >= 0:
