@@ -215,3 +215,19 @@ def test_peer_misuse_stays_a_reply() -> None:
     conn.receive_data(b"DATA\r\n")
     conn.next_event()
     assert conn.data_to_send() == replies.HELO_FIRST.encode()
+
+
+def test_a_malformed_sasl_answer_leaves_the_challenge_standing(smtp: Driver) -> None:
+    def decide(conn: SmtpConnection, event: object) -> None:
+        if event.__class__.__name__ == "AuthRequest":
+            conn.send_auth_challenge(b"")
+        else:
+            conn.accept()
+
+    t = smtp(
+        session("EHLO c.example", "AUTH PLAIN") + b"bare-lf\n" + session(_CREDENTIALS),
+        settings=OPEN,
+        decide=decide,
+    )
+    assert t.codes == [220, 250, 334, 501, 235]
+    assert t.conn.state is State.READY and t.conn.authenticated

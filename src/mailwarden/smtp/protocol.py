@@ -375,8 +375,7 @@ class SmtpConnection:
         if line is None:
             return False
         if line is HANDLED:
-            self._move(Move.AUTH_CANCELLED)
-            return True
+            return True  # a malformed line was answered; the challenge still stands
         text = line.strip(b" ")  # type: ignore[union-attr]
         if text == b"*":
             self._move(Move.AUTH_CANCELLED)
