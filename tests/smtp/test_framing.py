@@ -24,10 +24,8 @@ def _run(reader: object, pieces: Feed, buf: bytearray | None = None) -> tuple[li
     """Feed ``pieces`` into a buffer, reading every unit after each piece."""
     buf = bytearray() if buf is None else buf
     out: list = []
-    most = 0
     for piece in pieces:
         buf += piece
-        most = max(most, len(buf))
         while (unit := reader.read(buf)) is not None:  # type: ignore[attr-defined]
             out.append(unit)
     return out, buf

@@ -8,6 +8,13 @@ file, so every rule below is tested by feeding bytes, whole or one at a time.
 The core answers by itself whatever needs no decision (syntax errors, bad sequences, limits,
 NOOP, RSET, HELP, QUIT) and pauses on each event that needs the server's decision, so that with
 PIPELINING (RFC 2920) replies always come back in command order.
+
+Layout (after h11: the transitions are the single source of truth): ``states.py`` holds the
+states and the tables of which command each state allows (or the out-of-order reply) and how
+replies and the core's own moves change the state; ``framing.py`` holds the readers that cut
+the input into command lines, DATA content and BDAT chunks. This module dispatches: it reads
+a unit with the reader of the current state, looks the command up in the table, and runs the
+handler, which checks the command's syntax and never its order.
 """
 
 from __future__ import annotations
@@ -171,15 +178,13 @@ class SmtpConnection:
         self.mail_from: Path | None = None
         self.recipient_count = 0
         self.utf8_transaction = False
-        self._message_open = False
-        self._content: ContentCheck | None = None
+        self._content: ContentCheck | None = None  # set while a message is open
         self._data: DataReader | None = None
 
     def _open_message(self, chunking: bool) -> ContentCheck:
         s = self.settings
         content = ContentCheck(s.max_message_size, self._reject_bare, self._strict_limit)
         self._content = content
-        self._message_open = True
         self._pending.append(events.MessageStart(chunking=chunking))
         return content
 
@@ -187,6 +192,10 @@ class SmtpConnection:
     def state(self) -> State:
         """Where the session is (see :class:`states.State`)."""
         return self._state
+
+    @property
+    def _message_open(self) -> bool:
+        return self._content is not None
 
     @property
     def in_transaction(self) -> bool:
