@@ -19,7 +19,7 @@ from mailwarden.smtp.replies import Reply
 from mailwarden.smtp.states import ALLOWED, COMMAND_STATES, VERBS, State
 
 from .conftest import Driver
-from .helpers import GREETING, TLS, Segment, drive, session
+from .helpers import GREETING, TLS, ParsedReply, Segment, drive, session
 
 OPEN = ProtocolSettings(tls_available=True, auth_requires_tls=False)
 _CREDENTIALS = base64.b64encode(b"\x00user\x00secret").decode()
@@ -231,3 +231,18 @@ def test_a_malformed_sasl_answer_leaves_the_challenge_standing(smtp: Driver) -> 
     )
     assert t.codes == [220, 250, 334, 501, 235]
     assert t.conn.state is State.READY and t.conn.authenticated
+
+
+def test_starttls_not_offered_comes_before_order_auth_order_comes_first(smtp: Driver) -> None:
+    # STARTTLS the listener cannot do is 454 whatever the state (RFC 3207 §4); AUTH keeps
+    # RFC 4954 §4's order: HELO first, then whether a mechanism is offered at all.
+    t = smtp(
+        session("STARTTLS", "AUTH PLAIN", "EHLO c.example", "AUTH PLAIN"),
+        settings=ProtocolSettings(auth_mechanisms=()),
+    )
+    assert t.replies[1:] == [
+        ParsedReply(454, ("4.7.0 TLS not available",)),
+        ParsedReply(503, ("5.5.1 Send HELO or EHLO first",)),
+        t.replies[3],
+        ParsedReply(503, ("5.5.1 AUTH not available",)),
+    ]

@@ -24,7 +24,7 @@ import binascii
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mailwarden.smtp import events, replies
 from mailwarden.smtp.address import (
@@ -512,14 +512,14 @@ class SmtpConnection:
     # --- capabilities --------------------------------------------------------------------------
 
     def ehlo_keywords(self) -> list[str]:
-        """The EHLO advertisement: the optional commands are those whose capability check
-        (:data:`_CAPABILITIES`, also read by the dispatcher) lets them through."""
+        """The EHLO advertisement: an optional command is advertised exactly when the
+        ``offered`` check the dispatcher applies to it (see ``_COMMANDS``) lets it through."""
         s = self.settings
         keywords = ["PIPELINING", f"SIZE {s.max_message_size}", "8BITMIME", "SMTPUTF8"]
         keywords += ["ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if self._starttls_refusal() is None:
+        if _COMMANDS["STARTTLS"].offered(self) is None:  # type: ignore[misc]
             keywords.append("STARTTLS")
-        if self._auth_refusal() is None:
+        if _COMMANDS["AUTH"].offered(self) is None:  # type: ignore[misc]
             keywords.append("AUTH " + " ".join(s.auth_mechanisms))
         return keywords
 
@@ -566,18 +566,20 @@ class SmtpConnection:
         if spec is None:
             self._error(replies.UNKNOWN_COMMAND)
             return
-        no_arguments, capability, refuse = spec
+        no_arguments, offered, offered_first, refuse = spec
         if no_arguments is not None and argument.strip(" "):
             self._error(no_arguments)
             return
-        if capability is not None and (refusal := capability(self)) is not None:
+        if offered_first and (refusal := offered(self)) is not None:  # type: ignore[misc]
             self._error(refusal)
             return
         handler, refusal = _RULES[self._state][verb]
-        if handler is not None:
-            handler(self, argument)
+        if handler is None:
+            refuse(self, argument, refusal)  # type: ignore[arg-type]
+        elif offered is not None and not offered_first and (refusal := offered(self)):
+            self._error(refusal)
         else:
-            refuse(self, argument, refusal)
+            handler(self, argument)
 
     def _refuse(self, argument: str, refusal: Reply) -> None:
         self._error(refusal)
@@ -849,31 +851,38 @@ def _decode_base64(text: str) -> bytes | None:
 
 
 _Refuse = Callable[[SmtpConnection, str, Reply], None]
-_Capability = Callable[[SmtpConnection], "Reply | None"]
+_Offered = Callable[[SmtpConnection], "Reply | None"]
 
-# verb -> (the 501 for an argument it does not take, its capability check, how it is refused
-# when out of order). Which state allows it is not here: that is :data:`states.ALLOWED`.
-_COMMANDS: dict[str, tuple[Reply | None, _Capability | None, _Refuse]] = {
-    verb: (None, None, SmtpConnection._refuse) for verb in VERBS
+
+class _Command(NamedTuple):
+    """What the dispatcher needs to know of a verb besides the state table."""
+
+    no_arguments: Reply | None  # the 501 when it takes no argument but got one
+    offered: _Offered | None  # why the session does not offer it now, or None (EHLO agrees)
+    # Whether "not offered" is answered before the order (STARTTLS, RFC 3207 §4: 454/503
+    # whatever the state) or only once the order is right (AUTH, RFC 4954 §4: 503 before
+    # HELO and inside a transaction come first).
+    offered_first: bool
+    refuse: _Refuse  # how it is refused when out of order (BDAT still reads its chunk)
+
+
+# Which state allows a verb is not here: that is :data:`states.ALLOWED`.
+_COMMANDS: dict[str, _Command] = {
+    verb: _Command(None, None, False, SmtpConnection._refuse) for verb in VERBS
 }
-_COMMANDS["BDAT"] = (None, None, SmtpConnection._refuse_bdat)
-_COMMANDS["AUTH"] = (None, SmtpConnection._auth_refusal, SmtpConnection._refuse)
-_COMMANDS["STARTTLS"] = (
-    replies.STARTTLS_NO_ARGUMENTS,
-    SmtpConnection._starttls_refusal,
-    SmtpConnection._refuse,
+_COMMANDS["BDAT"] = _Command(None, None, False, SmtpConnection._refuse_bdat)
+_COMMANDS["AUTH"] = _Command(None, SmtpConnection._auth_refusal, False, SmtpConnection._refuse)
+_COMMANDS["STARTTLS"] = _Command(
+    replies.STARTTLS_NO_ARGUMENTS, SmtpConnection._starttls_refusal, True, SmtpConnection._refuse
 )
 for _verb in ("DATA", "RSET", "QUIT"):
-    _COMMANDS[_verb] = (
+    _COMMANDS[_verb] = _Command(
         replies.SYNTAX_ERROR_PARAMETERS.with_text(f"{_verb} takes no arguments"),
         None,
+        False,
         SmtpConnection._refuse,
     )
 
-_CAPABILITIES: dict[str, _Capability] = {
-    verb: capability for verb, (_, capability, _) in _COMMANDS.items() if capability is not None
-}
-"""The optional commands, by verb: each is advertised by EHLO exactly when its check passes."""
 
 # states.ALLOWED resolved to methods once: state -> verb -> (handler, refusal).
 _RULES: dict[State, dict[str, tuple[Callable[[SmtpConnection, str], None] | None, Reply | None]]]
