@@ -8,6 +8,13 @@ file, so every rule below is tested by feeding bytes, whole or one at a time.
 The core answers by itself whatever needs no decision (syntax errors, bad sequences, limits,
 NOOP, RSET, HELP, QUIT) and pauses on each event that needs the server's decision, so that with
 PIPELINING (RFC 2920) replies always come back in command order.
+
+Layout (after h11: the transitions are the single source of truth): ``states.py`` holds the
+states and the tables of which command each state allows (or the out-of-order reply) and how
+replies and the core's own moves change the state; ``framing.py`` holds the readers that cut
+the input into command lines, DATA content and BDAT chunks. This module dispatches: it reads
+a unit with the reader of the current state, looks the command up in the table, and runs the
+handler, which checks the command's syntax and never its order.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from mailwarden.smtp import events, replies
 from mailwarden.smtp.address import (
@@ -27,7 +36,26 @@ from mailwarden.smtp.address import (
     parse_path,
     parse_xtext,
 )
+from mailwarden.smtp.framing import (
+    END_OF_DATA,
+    LINE_HOLD,
+    BdatReader,
+    CommandLineReader,
+    ContentCheck,
+    DataReader,
+)
 from mailwarden.smtp.replies import Reply
+from mailwarden.smtp.states import (
+    AFTER_REPLY,
+    ALLOWED,
+    COMMAND_STATES,
+    TRANSITIONS,
+    VERBS,
+    Move,
+    Outcome,
+    State,
+    outcome_of,
+)
 
 
 class Paused(enum.Enum):
@@ -76,17 +104,6 @@ class ProtocolSettings:
     max_auth_failures: int = 3
 
 
-class _State(enum.Enum):
-    BEFORE_GREETING = 0
-    COMMAND = 1
-    DATA = 2
-    BDAT = 3
-    AUTH_CHALLENGE = 4
-    AWAITING_TLS = 5
-    REJECTING = 6  # greeting was 554: answer 503 to all but QUIT (RFC 5321 §3.1)
-    CLOSED = 7
-
-
 # MAIL and RCPT lines grow with each extension's parameters (RFC 1870 §3, RFC 3461 §5, RFC 4954
 # §5); keep the plain limit for other commands and allow this much more for these two.
 _PARAMETER_ALLOWANCE = 512
@@ -94,19 +111,18 @@ _MAIL_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"
 _RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 # RFC 4954 §4: AUTH lines (command with initial response, or an answer) up to 12288 octets.
 _AUTH_LINE_LIMIT = 12288
-_DATA_END = b"\r\n.\r\n"
-# Most octets of one DATA line held in memory (less when max_text_line is smaller): the rest of
-# a longer line is checked and passed on as it comes, so memory stays bounded however long the
-# line is, in strict mode or not.
-_LINE_HOLD = 1000
-# Which content error a refused message reports when it broke several rules (lower wins):
-# smuggling first, as it is the one an operator must be able to find in the logs.
-_DATA_ERROR_RANK = {
-    "bare CR or LF in data": 0,
-    "NUL in data": 1,
-    "line too long": 2,
-    "message too big": 3,
-}
+
+
+class LocalProtocolError(RuntimeError):
+    """Our own side broke the protocol: a method of the core was called out of turn.
+
+    This is a bug in the caller (the session), never something a client can cause; the
+    message names the state the core was in. The peer's misuse is answered with a reply.
+    """
+
+    def __init__(self, message: str, state: State) -> None:
+        super().__init__(f"{message} (core state: {state.value})")
+        self.state = state
 
 
 class _Handled(enum.Enum):
@@ -119,23 +135,35 @@ HANDLED = _Handled.HANDLED
 class SmtpConnection:
     """One SMTP session, server side, as a pure state machine.
 
+    Which command may come when is read from :data:`states.ALLOWED`; how replies and the
+    core's own moves change the state, from :data:`states.AFTER_REPLY` and
+    :data:`states.TRANSITIONS`. Framing is done by the readers of :mod:`framing`.
+
     Failure behaviour: peer errors never raise; they become replies (with enhanced codes) and,
     past ``max_errors``, a 421 and ``ConnectionClosing``. Calling a method out of turn (say,
     ``send_reply`` with no event awaiting a reply) is a bug in the caller and raises
-    ``RuntimeError``.
+    :class:`LocalProtocolError` (a ``RuntimeError``) naming the state.
     """
 
     def __init__(self, settings: ProtocolSettings) -> None:
         self.settings = settings
-        self._state = _State.BEFORE_GREETING
+        self._state = State.BEFORE_GREETING
         self._inbuf = bytearray()
         self._outbuf = bytearray()
         self._pending: list[events.Event] = []
         self._awaiting: events.Event | None = None
-        self._skipping_line = False
         self._eof = False
-        self._buffer_limit = max(settings.max_command_line + _PARAMETER_ALLOWANCE, _AUTH_LINE_LIMIT)
-        self._line_hold = min(settings.max_text_line, _LINE_HOLD)
+        self._lines = CommandLineReader(
+            max(settings.max_command_line + _PARAMETER_ALLOWANCE, _AUTH_LINE_LIMIT)
+        )
+        self._line_hold = max(min(settings.max_text_line, LINE_HOLD), 1)
+        self._strict_limit = settings.max_text_line - 2 if settings.strict_line_length else None
+        self._reject_bare = settings.bare_line_endings is BareLineEndings.REJECT
+        # The BDAT chunk being read, the refusal to send once a refused one has been read
+        # and thrown away (RFC 3030 §2), and the state to return to after that.
+        self._chunk: BdatReader | None = None
+        self._chunk_refusal: Reply | None = None
+        self._chunk_return = State.READY
         self.errors = 0
         self.auth_failures = 0
         self.tls_active = False
@@ -150,17 +178,24 @@ class SmtpConnection:
         self.mail_from: Path | None = None
         self.recipient_count = 0
         self.utf8_transaction = False
-        self._bdat_used = False
-        self._message_open = False
-        self._message_size = 0
-        self._data_error: Reply | None = None
-        self._data_reason = ""
-        self._at_line_start = True
-        self._line_length = 0
-        self._bdat_remaining = 0
-        self._bdat_last = False
-        self._bdat_discard = False
-        self._bdat_error: Reply | None = None
+        self._content: ContentCheck | None = None  # set while a message is open
+        self._data: DataReader | None = None
+
+    def _open_message(self, chunking: bool) -> ContentCheck:
+        s = self.settings
+        content = ContentCheck(s.max_message_size, self._reject_bare, self._strict_limit)
+        self._content = content
+        self._pending.append(events.MessageStart(chunking=chunking))
+        return content
+
+    @property
+    def state(self) -> State:
+        """Where the session is (see :class:`states.State`)."""
+        return self._state
+
+    @property
+    def _message_open(self) -> bool:
+        return self._content is not None
 
     @property
     def in_transaction(self) -> bool:
@@ -168,7 +203,7 @@ class SmtpConnection:
 
     @property
     def closed(self) -> bool:
-        return self._state is _State.CLOSED
+        return self._state is State.CLOSED
 
     @property
     def awaiting(self) -> events.Event | None:
@@ -183,7 +218,16 @@ class SmtpConnection:
     @property
     def in_data(self) -> bool:
         """True while reading message content (the server applies its data timeout)."""
-        return self._state in (_State.DATA, _State.BDAT)
+        return self._state is State.DATA or self._state is State.BDAT
+
+    # --- state moves -----------------------------------------------------------------------------
+
+    def _move(self, move: Move) -> None:
+        """Take one of the core's own moves, as :data:`states.TRANSITIONS` allows it."""
+        next_state = TRANSITIONS.get((self._state, move))
+        if next_state is None:
+            raise LocalProtocolError(f"no move {move.value!r} from here", self._state)
+        self._state = next_state
 
     # --- output --------------------------------------------------------------------------------
 
@@ -199,61 +243,60 @@ class SmtpConnection:
         self._outbuf += reply.encode()
 
     def _close(self, reply: Reply | None, reason: str) -> None:
+        """End the session from any state (the one move not in the tables: every state may)."""
         if reply is not None:
             self._reply(reply)
-        if self._message_open and not isinstance(self._awaiting, events.MessageComplete):
+        if self._message_open and self._awaiting.__class__ is not events.MessageComplete:
             # A message cut off by the close (client EOF, timeout, shutdown) must never be
             # queued: tell the server to discard what it stored (RFC 5321 §4.1.1.4, the
             # message is only accepted at end of data).
             self._pending.append(events.MessageAborted(f"connection closed: {reason}"))
             self._reset_transaction()
-        self._state = _State.CLOSED
+        self._state = State.CLOSED
         self._inbuf.clear()
         self._pending.append(events.ConnectionClosing(reason))
 
     def _error(self, reply: Reply) -> None:
         """A peer error: answer it, and hang up once the client has made too many (§4.5.3)."""
         self.errors += 1
+        self._reply(reply)
         if self.errors >= self.settings.max_errors:
-            self._reply(reply)
             self._close(replies.TOO_MANY_ERRORS, "too many errors")
-        else:
-            self._reply(reply)
 
     # --- greeting and connection-level calls from the server ---------------------------------
 
     def send_greeting(self, reply: Reply) -> None:
         """Send the 220 greeting, or a 421/554 refusal chosen by the connect policy."""
-        if self._state is _State.CLOSED:
+        if self._state is State.CLOSED:
             return  # the client left while the connect policy ran: nothing to greet
-        if self._state is not _State.BEFORE_GREETING:
-            raise RuntimeError("greeting already sent")
+        if self._state is not State.BEFORE_GREETING:
+            raise LocalProtocolError("greeting already sent", self._state)
         if self._inbuf and self.settings.reject_early_talkers:
             self._close(replies.EARLY_TALKER, "client talked before the greeting")
             return
         self._reply(reply)
         if reply.code == 220:
-            self._state = _State.COMMAND
+            self._move(Move.GREETING_220)
         elif reply.code == 554:
-            self._state = _State.REJECTING
+            self._move(Move.GREETING_554)
         else:
             self._close(None, f"connection refused with {reply.code}")
 
     def close_with(self, reply: Reply, reason: str) -> None:
         """Server-initiated end: timeouts, shutdown, per-IP limits. Sends ``reply`` and closes."""
-        if self._state is not _State.CLOSED:
+        if self._state is not State.CLOSED:
             self._close(reply, reason)
 
     def tls_established(self) -> None:
         """The TLS handshake after STARTTLS succeeded: the session starts afresh (RFC 3207 §4.2)."""
-        if self._state is not _State.AWAITING_TLS:
-            raise RuntimeError("tls_established without STARTTLS")
+        if self._state is not State.AWAITING_TLS:
+            raise LocalProtocolError("tls_established() without STARTTLS", self._state)
         self.tls_active = True
         self.helo_name = None
         self.extended = False
         self._reset_transaction()
         self._inbuf.clear()
-        self._state = _State.COMMAND
+        self._move(Move.TLS_ESTABLISHED)
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -261,17 +304,18 @@ class SmtpConnection:
         """Add bytes received from the client. Empty bytes mean the client closed its sending
         side (EOF): commands it pipelined before that are still answered, then the session
         closes (a client may send a whole transaction and QUIT, then shut down writing)."""
-        if self._state is _State.CLOSED:
+        state = self._state
+        if state is State.CLOSED:
             return
         if not data:
             self._eof = True
-            if self._state in (_State.BEFORE_GREETING, _State.AWAITING_TLS):
+            if state is State.BEFORE_GREETING or state is State.AWAITING_TLS:
                 self._close(None, "client closed the connection")
             return
-        if self._state is _State.AWAITING_TLS:
+        if state is State.AWAITING_TLS:
             # RFC 3207 §4.2 / CVE-2011-0411: plaintext pipelined after STARTTLS is discarded.
             return
-        if self._state is _State.BEFORE_GREETING and self.settings.reject_early_talkers:
+        if state is State.BEFORE_GREETING and self.settings.reject_early_talkers:
             # Nothing is parsed before the greeting; send_greeting only needs to know that
             # something came, so keep one byte and let memory stay bounded.
             if not self._inbuf:
@@ -284,15 +328,12 @@ class SmtpConnection:
         while True:
             if self._pending:
                 return self._pending.pop(0)
-            if self._state is _State.CLOSED:
-                return CLOSED
-            if self._awaiting is not None:
+            if self._awaiting is not None and self._state is not State.CLOSED:
                 return AWAITING_REPLY
-            if self._state is _State.AWAITING_TLS:
-                return AWAITING_TLS
-            if self._state is _State.BEFORE_GREETING:
-                return NEED_DATA
-            if not self._step():
+            step = _STEPS.get(self._state)
+            if step is None:
+                return _PAUSED_IN[self._state]
+            if not step(self):
                 if self._pending:
                     return self._pending.pop(0)
                 if self._eof:
@@ -302,133 +343,162 @@ class SmtpConnection:
 
     def connection_lost(self) -> None:
         """The connection is gone in both directions: close now, answer nothing more."""
-        if self._state is not _State.CLOSED:
+        if self._state is not State.CLOSED:
             self._close(None, "connection lost")
 
-    def _step(self) -> bool:
-        """Consume input for one unit of work. False when more bytes are needed."""
-        if self._state is _State.DATA:
-            return self._step_data()
-        if self._state is _State.BDAT:
-            return self._step_bdat()
+    def _take_line(self) -> bytes | _Handled | None:
+        """One command line without its CRLF, None if incomplete, HANDLED if already answered.
+
+        The line limits of RFC 5321 §4.5.3.1.4 (and RFC 4954 §4 for AUTH) are the reader's.
+        """
+        line = self._lines.read(self._inbuf)
+        if line is None or line.__class__ is bytes:
+            return line  # type: ignore[return-value]
+        self._error(line)  # type: ignore[arg-type]
+        return HANDLED
+
+    # --- one unit of work per state (each returns False when more bytes are needed) ----------
+
+    def _step_command(self) -> bool:
+        line = self._take_line()
+        if line is None:
+            return False
+        if line is not HANDLED:
+            self._handle_command_line(line)  # type: ignore[arg-type]
+        return True
+
+    def _step_rejecting(self) -> bool:
         line = self._take_line()
         if line is None:
             return False
         if line is HANDLED:
             return True
-        assert isinstance(line, bytes)
-        if self._state is _State.AUTH_CHALLENGE:
-            self._handle_auth_line(line)
-        elif self._state is _State.REJECTING:
-            if line.strip().upper() == b"QUIT":
-                self._close(replies.CLOSING, "client quit")
-            else:
-                self._reply(replies.BAD_SEQUENCE)
+        if line.strip().upper() == b"QUIT":  # type: ignore[union-attr]
+            self._close(replies.CLOSING, "client quit")
         else:
-            self._handle_command_line(line)
+            self._reply(replies.BAD_SEQUENCE)
         return True
 
-    def _take_line(self) -> bytes | _Handled | None:
-        """One command line without its CRLF, None if incomplete, HANDLED if already answered.
+    def _step_auth(self) -> bool:
+        line = self._take_line()
+        if line is None:
+            return False
+        if line is HANDLED:
+            return True  # a malformed line was answered; the challenge still stands
+        text = line.strip(b" ")  # type: ignore[union-attr]
+        if text == b"*":
+            self._move(Move.AUTH_CANCELLED)
+            self._error(replies.AUTH_CANCELLED)  # RFC 4954 §4: the client cancelled
+            return True
+        decoded = _decode_base64(text.decode("ascii", "replace"))
+        if decoded is None:
+            self._move(Move.AUTH_CANCELLED)
+            self._error(replies.AUTH_BAD_BASE64)
+            return True
+        self._await(events.AuthResponse(decoded))
+        return True
 
-        Enforces the line limits of RFC 5321 §4.5.3.1.4 (and RFC 4954 §4 for AUTH): an overlong
-        line is discarded up to its end and answered once, so memory stays bounded.
-        """
-        buf = self._inbuf
-        newline = buf.find(b"\n")
-        if newline < 0:
-            if len(buf) > self._buffer_limit:
-                self._skipping_line = True
-                del buf[:]
-            return None
-        line = bytes(buf[:newline])
-        del buf[: newline + 1]
-        if self._skipping_line or newline > self._buffer_limit:
-            # The same verdict whether the line came whole or in pieces: a line that would
-            # have overflowed the buffer is too long, whatever it contains.
-            self._skipping_line = False
-            self._error(replies.LINE_TOO_LONG)
-            return HANDLED
-        if not line.endswith(b"\r"):
-            self._error(
-                replies.SYNTAX_ERROR_PARAMETERS.with_text("Bare LF in command; end lines with CRLF")
-            )
-            return HANDLED
-        if b"\r" in line[:-1]:
-            # RFC 5321 §2.3.8: CR and LF only ever travel together as the line terminator;
-            # a bare CR inside a command could hide a second command from a proxy.
-            self._error(
-                replies.SYNTAX_ERROR_PARAMETERS.with_text("Bare CR in command; end lines with CRLF")
-            )
-            return HANDLED
-        return line[:-1]
+    def _step_data(self) -> bool:
+        item = self._data.read(self._inbuf)  # type: ignore[union-attr]
+        if item is None:
+            return False
+        if item is END_OF_DATA:
+            self._finish_message()
+        else:
+            self._emit_content(item)  # type: ignore[arg-type]
+        return True
+
+    def _step_bdat(self) -> bool:
+        chunk = self._chunk
+        piece = chunk.read(self._inbuf)  # type: ignore[union-attr]
+        if piece is not None:
+            if self._chunk_refusal is None:
+                self._emit_content(piece)
+            if chunk.remaining:  # type: ignore[union-attr]
+                return True
+        elif chunk.remaining:  # type: ignore[union-attr]
+            return False
+        # The whole chunk has been read.
+        self._chunk = None
+        refusal = self._chunk_refusal
+        if refusal is not None:
+            self._chunk_refusal = None
+            self._state = self._chunk_return  # thrown away: back where the BDAT found us
+            self._error(refusal)
+        elif chunk.last:  # type: ignore[union-attr]
+            self._finish_message()
+        elif self._content.error is not None:  # type: ignore[union-attr]
+            self._abort_message()
+        else:
+            self._move(Move.CHUNK_READ)
+            size = self._content.size  # type: ignore[union-attr]
+            self._reply(replies.BDAT_CHUNK_OK.with_text(f"{size} octets received"))
+        return True
 
     # --- replies from the server ---------------------------------------------------------------
 
     def accept(self) -> None:
         """Answer the awaited event with its default positive reply."""
-        event = self._awaiting
-        if isinstance(event, events.Helo):
-            if event.extended:
-                reply = replies.ehlo_reply(self.settings.hostname, event.name, self.ehlo_keywords())
-            else:
-                reply = replies.helo_reply(self.settings.hostname)
-        elif isinstance(event, events.MailFrom):
-            reply = replies.SENDER_OK
-        elif isinstance(event, events.RcptTo):
-            reply = replies.RECIPIENT_OK
-        elif isinstance(event, events.MessageComplete):
-            reply = replies.MESSAGE_QUEUED
-        elif isinstance(event, events.AuthRequest | events.AuthResponse):
-            reply = replies.AUTH_SUCCEEDED
-        elif isinstance(event, events.Vrfy):
-            reply = replies.VRFY_CANNOT
-        else:
-            raise RuntimeError("accept() with no event awaiting a reply")
-        self.send_reply(reply)
+        default = _DEFAULT_REPLY.get(self._awaiting.__class__)
+        if default is None:
+            raise LocalProtocolError("accept() with no event awaiting a reply", self._state)
+        self.send_reply(default(self, self._awaiting))
 
     def send_reply(self, reply: Reply, *, disconnect: bool = False) -> None:
         """Answer the awaited event. A positive reply moves the session on; ``disconnect`` or a
         421 closes it after this reply (RFC 5321 §3.8)."""
         event = self._awaiting
         if event is None:
-            raise RuntimeError("send_reply() with no event awaiting a reply")
+            raise LocalProtocolError("send_reply() with no event awaiting a reply", self._state)
         self._awaiting = None
-        positive = reply.code < 400
-        if isinstance(event, events.Helo):
-            if positive:
-                # RFC 5321 §4.1.4: only an EHLO/HELO the server accepts clears the transaction
-                # "as if RSET"; a refused one leaves it as it was.
-                if self.in_transaction or self._message_open:
-                    self._pending.append(events.TransactionReset())
-                self._reset_transaction()
-                self.helo_name = event.name
-                self.extended = event.extended
-        elif isinstance(event, events.MailFrom):
-            if positive:
-                self.mail_from = event.path
-                self.utf8_transaction = "SMTPUTF8" in event.path.parameters
-        elif isinstance(event, events.RcptTo):
-            if positive:
-                self.recipient_count += 1
-        elif isinstance(event, events.MessageComplete):
-            self._reset_transaction()
-        elif isinstance(event, events.AuthRequest | events.AuthResponse):
-            if reply.code == 334:
-                self._state = _State.AUTH_CHALLENGE
-            else:
-                self._state = _State.COMMAND
-                if reply.code == 235:
-                    self.authenticated = True
-                elif reply.code == 535:
-                    self.auth_failures += 1
-                    if self.auth_failures >= self.settings.max_auth_failures:
-                        self._reply(reply)
-                        self._close(replies.AUTH_TOO_MANY_FAILURES, "too many AUTH failures")
-                        return
+        outcome = outcome_of(reply)
+        kind = event.__class__
+        answered = _ANSWERED.get(kind)
+        if answered is not None and answered(self, event, reply, outcome):
+            return  # the answer closed the session
+        next_state = AFTER_REPLY[kind][self._state].get(outcome)
+        if next_state is not None:
+            self._state = next_state
         self._reply(reply)
         if disconnect or reply.code == 421:
             self._close(None, f"server closed after {reply.code}")
+
+    def _helo_answered(self, event: events.Helo, reply: Reply, outcome: Outcome) -> bool:
+        if outcome is Outcome.ACCEPTED:
+            # RFC 5321 §4.1.4: only an EHLO/HELO the server accepts clears the transaction
+            # "as if RSET"; a refused one leaves it as it was.
+            if self.in_transaction or self._message_open:
+                self._pending.append(events.TransactionReset())
+            self._reset_transaction()
+            self.helo_name = event.name
+            self.extended = event.extended
+        return False
+
+    def _mail_answered(self, event: events.MailFrom, reply: Reply, outcome: Outcome) -> bool:
+        if outcome is Outcome.ACCEPTED:
+            self.mail_from = event.path
+            self.utf8_transaction = "SMTPUTF8" in event.path.parameters
+        return False
+
+    def _rcpt_answered(self, event: events.RcptTo, reply: Reply, outcome: Outcome) -> bool:
+        if outcome is Outcome.ACCEPTED:
+            self.recipient_count += 1
+        return False
+
+    def _message_answered(self, event: events.Event, reply: Reply, outcome: Outcome) -> bool:
+        self._reset_transaction()
+        return False
+
+    def _auth_answered(self, event: events.Event, reply: Reply, outcome: Outcome) -> bool:
+        if outcome is Outcome.ACCEPTED:
+            self.authenticated = True
+        elif reply.code == 535:
+            self.auth_failures += 1
+            if self.auth_failures >= self.settings.max_auth_failures:
+                self._reply(reply)
+                self._close(replies.AUTH_TOO_MANY_FAILURES, "too many AUTH failures")
+                return True
+        return False
 
     def send_auth_challenge(self, challenge: bytes) -> None:
         """Answer an AUTH event with a 334 challenge (RFC 4954 §4); the next line is the answer."""
@@ -442,22 +512,38 @@ class SmtpConnection:
     # --- capabilities --------------------------------------------------------------------------
 
     def ehlo_keywords(self) -> list[str]:
+        """The EHLO advertisement: an optional command is advertised exactly when the
+        ``offered`` check the dispatcher applies to it (see ``_COMMANDS``) lets it through."""
         s = self.settings
         keywords = ["PIPELINING", f"SIZE {s.max_message_size}", "8BITMIME", "SMTPUTF8"]
         keywords += ["ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
-        if s.tls_available and not self.tls_active:
+        if _COMMANDS["STARTTLS"].offered(self) is None:  # type: ignore[misc]
             keywords.append("STARTTLS")
-        if self._auth_offered():
+        if _COMMANDS["AUTH"].offered(self) is None:  # type: ignore[misc]
             keywords.append("AUTH " + " ".join(s.auth_mechanisms))
         return keywords
 
-    def _auth_offered(self) -> bool:
+    def _starttls_refusal(self) -> Reply | None:
+        """Why STARTTLS is not offered now, or None (RFC 3207 §4.2: not again after TLS)."""
+        if self.tls_active:
+            return replies.TLS_ALREADY_ACTIVE
+        if not self.settings.tls_available:
+            return replies.TLS_NOT_AVAILABLE
+        return None
+
+    def _auth_refusal(self) -> Reply | None:
+        """Why AUTH is not offered now, or None (RFC 4954 §4: 538 when it needs TLS first)."""
         s = self.settings
-        return bool(s.auth_mechanisms) and (self.tls_active or not s.auth_requires_tls)
+        if not s.auth_mechanisms:
+            return replies.AUTH_NOT_AVAILABLE
+        if not self.tls_active and s.auth_requires_tls:
+            return replies.AUTH_NEEDS_TLS
+        return None
 
     # --- commands ------------------------------------------------------------------------------
 
     def _handle_command_line(self, line: bytes) -> None:
+        """Syntax, then the command's capability, then :data:`states.ALLOWED`, then its handler."""
         if b"\x00" in line:
             self._error(replies.NUL_IN_COMMAND)
             return
@@ -469,24 +555,40 @@ class SmtpConnection:
         verb, _, argument = text.partition(" ")
         verb = verb.upper()
         limit = self.settings.max_command_line
-        if verb in ("MAIL", "RCPT"):
+        if verb == "MAIL" or verb == "RCPT":
             limit += _PARAMETER_ALLOWANCE
         elif verb == "AUTH":
             limit = max(limit, _AUTH_LINE_LIMIT)
         if len(line) + 2 > limit:
             self._error(replies.LINE_TOO_LONG)
             return
-        handler = _COMMANDS.get(verb)
-        if handler is None:
+        spec = _COMMANDS.get(verb)
+        if spec is None:
             self._error(replies.UNKNOWN_COMMAND)
             return
-        handler(self, argument)
+        no_arguments, offered, offered_first, refuse = spec
+        if no_arguments is not None and argument.strip(" "):
+            self._error(no_arguments)
+            return
+        if offered_first and (refusal := offered(self)) is not None:  # type: ignore[misc]
+            self._error(refusal)
+            return
+        handler, refusal = _RULES[self._state][verb]
+        if handler is None:
+            refuse(self, argument, refusal)  # type: ignore[arg-type]
+        elif offered is not None and not offered_first and (refusal := offered(self)):
+            self._error(refusal)
+        else:
+            handler(self, argument)
+
+    def _refuse(self, argument: str, refusal: Reply) -> None:
+        self._error(refusal)
 
     def _await(self, event: events.Event) -> None:
         self._awaiting = event
         self._pending.append(event)
 
-    def _cmd_helo(self, argument: str, *, extended: bool) -> None:
+    def _helo(self, argument: str, *, extended: bool) -> None:
         name = argument.strip(" ")
         if not name:
             self._error(replies.EHLO_NEEDS_DOMAIN if extended else replies.HELO_NEEDS_DOMAIN)
@@ -497,31 +599,19 @@ class SmtpConnection:
         self._await(events.Helo(name, extended))
 
     def _cmd_ehlo(self, argument: str) -> None:
-        self._cmd_helo(argument, extended=True)
+        self._helo(argument, extended=True)
 
-    def _cmd_helo_plain(self, argument: str) -> None:
-        self._cmd_helo(argument, extended=False)
-
-    def _needs_helo(self) -> bool:
-        if self.helo_name is None:
-            self._error(replies.HELO_FIRST)
-            return True
-        return False
+    def _cmd_helo(self, argument: str) -> None:
+        self._helo(argument, extended=False)
 
     def _cmd_mail(self, argument: str) -> None:
-        if self._needs_helo():
-            return
-        if self.in_transaction:
-            self._error(replies.NESTED_MAIL)
-            return
         if argument[:5].upper() != "FROM:":
             self._error(replies.MAIL_SYNTAX)
             return
         path = self._parse_path(argument[5:], sender=True)
         if path is None:
             return
-        params = path.parameters
-        if (reply := self._check_mail_parameters(params)) is not None:
+        if (reply := self._check_mail_parameters(path.parameters)) is not None:
             self._error(reply)
             return
         self._await(events.MailFrom(path))
@@ -579,17 +669,12 @@ class SmtpConnection:
             )
         except AddressError as error:
             reply = error.reply
-            if reply.code == 501 and reply.text == replies.SYNTAX_ERROR_PARAMETERS.text:
+            if reply is replies.SYNTAX_ERROR_PARAMETERS:  # the grammar gave no reason of its own
                 reply = replies.BAD_SENDER_SYNTAX if sender else replies.BAD_RECIPIENT_SYNTAX
             self._error(reply)
             return None
 
     def _cmd_rcpt(self, argument: str) -> None:
-        if self._needs_helo():
-            return
-        if not self.in_transaction:
-            self._error(replies.NEED_MAIL)
-            return
         if argument[:3].upper() != "TO:":
             self._error(replies.RCPT_SYNTAX)
             return
@@ -633,25 +718,12 @@ class SmtpConnection:
         return None
 
     def _cmd_data(self, argument: str) -> None:
-        if argument.strip(" "):
-            self._error(replies.SYNTAX_ERROR_PARAMETERS.with_text("DATA takes no arguments"))
-        elif self._needs_helo():
-            return
-        elif not self.in_transaction:
-            self._error(replies.NEED_MAIL)
-        elif self._bdat_used:
-            self._error(replies.DATA_AFTER_BDAT)
-        elif self.recipient_count == 0:
-            self._error(replies.NO_VALID_RECIPIENTS)
-        else:
-            self._reply(replies.START_DATA)
-            self._state = _State.DATA
-            self._message_open = True
-            self._at_line_start = True
-            self._line_length = 0
-            self._pending.append(events.MessageStart(chunking=False))
+        self._reply(replies.START_DATA)
+        self._move(Move.START_DATA)
+        self._data = DataReader(self._open_message(chunking=False), self._line_hold)
 
-    def _cmd_bdat(self, argument: str) -> None:
+    def _bdat_chunk(self, argument: str) -> BdatReader | None:
+        """The chunk a BDAT announces, or None after closing on bad syntax."""
         parts = argument.split(" ")
         # RFC 3030 §2: chunk-size is 1*DIGIT (ASCII; "²".isdigit() is True but int() fails).
         bad_size = not 1 <= len(parts) <= 2 or not _is_ascii_number(parts[0], 18)
@@ -663,45 +735,40 @@ class SmtpConnection:
                 replies.SERVICE_SHUTTING_DOWN.with_text("Cannot resynchronise after bad BDAT"),
                 "bad BDAT syntax",
             )
+            return None
+        return BdatReader(int(parts[0]), last=len(parts) == 2)
+
+    def _cmd_bdat(self, argument: str) -> None:
+        chunk = self._bdat_chunk(argument)
+        if chunk is None:
             return
-        size = int(parts[0])
-        self._bdat_remaining = size
-        self._bdat_last = len(parts) == 2
-        self._state = _State.BDAT
+        if not self._message_open:
+            self._open_message(chunking=True)
+        self._chunk = chunk
+        self._chunk_refusal = None
+        self._move(Move.START_CHUNK)
+
+    def _refuse_bdat(self, argument: str, refusal: Reply) -> None:
         # RFC 3030 §2: a BDAT that is refused still has its chunk read and thrown away.
-        refusal: Reply | None = None
-        if self.helo_name is None:
-            refusal = replies.HELO_FIRST
-        elif not self.in_transaction:
-            refusal = replies.NEED_MAIL
-        elif self.recipient_count == 0:
-            refusal = replies.NO_VALID_RECIPIENTS
-        if refusal is not None:
-            self._bdat_discard = True
-            self._bdat_error = refusal
+        chunk = self._bdat_chunk(argument)
+        if chunk is None:
             return
-        self._bdat_discard = False
-        if not self._bdat_used:
-            self._bdat_used = True
-            self._message_open = True
-            self._pending.append(events.MessageStart(chunking=True))
+        self._chunk = chunk
+        self._chunk_refusal = refusal
+        self._chunk_return = self._state
+        self._move(Move.START_CHUNK)
 
     def _cmd_rset(self, argument: str) -> None:
-        if argument.strip(" "):
-            self._error(replies.SYNTAX_ERROR_PARAMETERS.with_text("RSET takes no arguments"))
-            return
         if self.in_transaction or self._message_open:
             self._pending.append(events.TransactionReset())
         self._reset_transaction()
+        self._move(Move.RESET)
         self._reply(replies.RESET_OK)
 
     def _cmd_noop(self, argument: str) -> None:
         self._reply(replies.NOOP_OK)
 
     def _cmd_quit(self, argument: str) -> None:
-        if argument.strip(" "):
-            self._error(replies.SYNTAX_ERROR_PARAMETERS.with_text("QUIT takes no arguments"))
-            return
         self._close(replies.CLOSING, "client quit")
 
     def _cmd_vrfy(self, argument: str) -> None:
@@ -714,38 +781,20 @@ class SmtpConnection:
         self._reply(replies.HELP)
 
     def _cmd_starttls(self, argument: str) -> None:
-        if argument.strip(" "):
-            self._error(replies.STARTTLS_NO_ARGUMENTS)
-        elif self.tls_active:
-            self._error(replies.TLS_ALREADY_ACTIVE)
-        elif not self.settings.tls_available:
-            self._error(replies.TLS_NOT_AVAILABLE)
-        elif self._needs_helo():
-            return
-        else:
-            self._reply(replies.READY_FOR_TLS)
-            if self.in_transaction or self._message_open:
-                self._pending.append(events.TransactionReset())
-            self._reset_transaction()
-            self._inbuf.clear()  # RFC 3207 §4.2: nothing sent before the handshake counts
-            self._state = _State.AWAITING_TLS
-            self._pending.append(events.StartTls())
+        self._reply(replies.READY_FOR_TLS)
+        if self.in_transaction or self._message_open:
+            self._pending.append(events.TransactionReset())
+        self._reset_transaction()
+        self._inbuf.clear()  # RFC 3207 §4.2: nothing sent before the handshake counts
+        self._move(Move.STARTTLS)
+        self._pending.append(events.StartTls())
 
     def _cmd_auth(self, argument: str) -> None:
-        s = self.settings
         mechanism, _, initial = argument.strip(" ").partition(" ")
         mechanism = mechanism.upper()
-        if self._needs_helo():
-            return
-        if not s.auth_mechanisms:
-            self._error(replies.AUTH_NOT_AVAILABLE)
-        elif self.authenticated:
-            self._error(replies.AUTH_ALREADY_DONE)
-        elif self.in_transaction:
-            self._error(replies.AUTH_IN_TRANSACTION)
-        elif not self._auth_offered():
-            self._error(replies.AUTH_NEEDS_TLS)
-        elif mechanism not in s.auth_mechanisms:
+        if self.authenticated:
+            self._error(replies.AUTH_ALREADY_DONE)  # RFC 4954 §4: one AUTH per session
+        elif mechanism not in self.settings.auth_mechanisms:
             self._error(replies.AUTH_UNKNOWN_MECHANISM)
         elif not initial:
             self._await(events.AuthRequest(mechanism, None))
@@ -760,153 +809,27 @@ class SmtpConnection:
             else:
                 self._await(events.AuthRequest(mechanism, decoded))
 
-    def _handle_auth_line(self, line: bytes) -> None:
-        self._state = _State.COMMAND
-        text = line.strip(b" ")
-        if text == b"*":
-            self._error(replies.AUTH_CANCELLED)  # RFC 4954 §4: the client cancelled
-            return
-        decoded = _decode_base64(text.decode("ascii", "replace"))
-        if decoded is None:
-            self._error(replies.AUTH_BAD_BASE64)
-            return
-        self._await(events.AuthResponse(decoded))
-
     # --- message content -----------------------------------------------------------------------
 
     def _emit_content(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        # Count every octet, even after another error, so that the verdict does not depend
-        # on how the client's bytes were split into packets.
-        self._message_size += len(chunk)
-        if self._message_size > self.settings.max_message_size:
-            self._fail_data(replies.MESSAGE_TOO_BIG, "message too big")
-        if self._data_error is None:
+        # Every octet is counted, even after another error, so that the verdict does not
+        # depend on how the client's bytes were split into packets.
+        if chunk and self._content.count(chunk):  # type: ignore[union-attr]
             self._pending.append(events.MessageData(chunk))
 
-    def _fail_data(self, reply: Reply, reason: str) -> None:
-        """Remember why the message will be refused at its end.
-
-        When content breaks several rules, the most serious one is reported, whatever order
-        the bytes arrived in (so a message fed whole or one byte at a time gets one answer).
-        """
-        rank = _DATA_ERROR_RANK[reason]
-        if self._data_error is None or rank < _DATA_ERROR_RANK[self._data_reason]:
-            self._data_error = reply
-            self._data_reason = reason
-
-    def _check_lines(self, content: bytes) -> None:
-        """Bare CR/LF, NUL and (in strict mode) line-length rules for a run of DATA bytes.
-
-        ``content`` is a run of complete lines, or the start of one long line. The bare CR/LF
-        and NUL rules judge every octet the same way whatever the line length: only the
-        length rule depends on ``strict_line_length``.
-        """
-        # One split serves all three rules (the profile showed separate scans to cost more
-        # than the rest of the DATA path): once every CRLF is gone, any CR or LF left is bare.
-        lines = content.split(b"\r\n")
-        rest = b"".join(lines) if len(lines) > 1 else content
-        if (b"\r" in rest or b"\n" in rest) and (
-            self.settings.bare_line_endings is BareLineEndings.REJECT
-        ):
-            self._fail_data(replies.BARE_LINE_ENDING, "bare CR or LF in data")
-        if b"\x00" in rest:
-            self._fail_data(
-                replies.BARE_LINE_ENDING.with_text("NUL character in message data"), "NUL in data"
-            )
-        if not self.settings.strict_line_length:
-            return
-        # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
-        limit = self.settings.max_text_line - 2
-        if self._line_length + len(lines[0]) > limit or (
-            len(content) > limit and max(map(len, lines)) > limit
-        ):
-            self._fail_data(replies.DATA_LINE_TOO_LONG, "line too long")
-
-    def _step_data(self) -> bool:
-        buf = self._inbuf
-        if not buf:
-            return False
-        if self._at_line_start and buf[:3] == b".\r\n":
-            end, resume = 0, 3
-        else:
-            found = buf.find(_DATA_END)
-            end, resume = (found + 2, found + 5) if found >= 0 else (-1, -1)
-        if end < 0:
-            # No terminator yet: take every complete line, keep the tail for the next round.
-            last = buf.rfind(b"\r\n")
-            if last < 0:
-                if len(buf) > self._line_hold:
-                    # One long line: check and pass on what is dropped exactly as if the
-                    # line had come whole, and keep only a possible CR of a coming CRLF.
-                    dropped = bytes(buf[:-1])
-                    self._check_lines(dropped)
-                    if self._at_line_start and dropped[:1] == b".":
-                        dropped = dropped[1:]
-                    self._emit_content(dropped)
-                    self._line_length += len(buf) - 1
-                    self._at_line_start = False
-                    del buf[:-1]
-                return False
-            end = last + 2
-            resume = end
-        content = bytes(buf[:end])
-        del buf[:resume]
-        finished = resume != end
-        self._check_lines(content)
-        # Dot-unstuffing (RFC 5321 §4.5.2): drop the first dot of each line that starts with one.
-        if self._at_line_start and content[:1] == b".":
-            content = content[1:]
-        content = content.replace(b"\r\n.", b"\r\n")
-        last_crlf = content.endswith(b"\r\n")
-        self._at_line_start = last_crlf or (not content and self._at_line_start)
-        self._line_length = 0
-        self._emit_content(content)
-        if finished:
-            self._finish_message()
-        return True
-
-    def _step_bdat(self) -> bool:
-        buf = self._inbuf
-        if self._bdat_remaining:
-            if not buf:
-                return False
-            take = min(len(buf), self._bdat_remaining)
-            chunk = bytes(buf[:take])
-            del buf[:take]
-            self._bdat_remaining -= take
-            if not self._bdat_discard:
-                self._emit_content(chunk)
-            if self._bdat_remaining:
-                return True
-        # The whole chunk has been read.
-        self._state = _State.COMMAND
-        if self._bdat_discard:
-            self._bdat_discard = False
-            error, self._bdat_error = self._bdat_error, None
-            if error is not None:
-                self._error(error)
-            return True
-        if self._bdat_last:
-            self._finish_message()
-        elif self._data_error is not None:
-            self._abort_message()
-        else:
-            self._reply(replies.BDAT_CHUNK_OK.with_text(f"{self._message_size} octets received"))
-        return True
-
     def _finish_message(self) -> None:
-        self._state = _State.COMMAND
-        if self._data_error is not None:
+        if self._content.error is not None:  # type: ignore[union-attr]
             self._abort_message()
             return
+        self._move(Move.END_OF_DATA)
         self._await(events.MessageComplete())
 
     def _abort_message(self) -> None:
-        reply, reason = self._data_error or replies.LOCAL_ERROR, self._data_reason
+        content = self._content
+        reply = content.error or replies.LOCAL_ERROR  # type: ignore[union-attr]
+        reason = content.reason  # type: ignore[union-attr]
         self._reset_transaction()
-        self._state = _State.COMMAND
+        self._move(Move.ABORT_MESSAGE)
         self._pending.append(events.MessageAborted(reason))
         self._error(reply)
 
@@ -927,18 +850,85 @@ def _decode_base64(text: str) -> bytes | None:
         return None
 
 
-_COMMANDS = {
-    "EHLO": SmtpConnection._cmd_ehlo,
-    "HELO": SmtpConnection._cmd_helo_plain,
-    "MAIL": SmtpConnection._cmd_mail,
-    "RCPT": SmtpConnection._cmd_rcpt,
-    "DATA": SmtpConnection._cmd_data,
-    "BDAT": SmtpConnection._cmd_bdat,
-    "RSET": SmtpConnection._cmd_rset,
-    "NOOP": SmtpConnection._cmd_noop,
-    "QUIT": SmtpConnection._cmd_quit,
-    "VRFY": SmtpConnection._cmd_vrfy,
-    "HELP": SmtpConnection._cmd_help,
-    "STARTTLS": SmtpConnection._cmd_starttls,
-    "AUTH": SmtpConnection._cmd_auth,
+_Refuse = Callable[[SmtpConnection, str, Reply], None]
+_Offered = Callable[[SmtpConnection], "Reply | None"]
+
+
+class _Command(NamedTuple):
+    """What the dispatcher needs to know of a verb besides the state table."""
+
+    no_arguments: Reply | None  # the 501 when it takes no argument but got one
+    offered: _Offered | None  # why the session does not offer it now, or None (EHLO agrees)
+    # Whether "not offered" is answered before the order (STARTTLS, RFC 3207 §4: 454/503
+    # whatever the state) or only once the order is right (AUTH, RFC 4954 §4: 503 before
+    # HELO and inside a transaction come first).
+    offered_first: bool
+    refuse: _Refuse  # how it is refused when out of order (BDAT still reads its chunk)
+
+
+# Which state allows a verb is not here: that is :data:`states.ALLOWED`.
+_COMMANDS: dict[str, _Command] = {
+    verb: _Command(None, None, False, SmtpConnection._refuse) for verb in VERBS
+}
+_COMMANDS["BDAT"] = _Command(None, None, False, SmtpConnection._refuse_bdat)
+_COMMANDS["AUTH"] = _Command(None, SmtpConnection._auth_refusal, False, SmtpConnection._refuse)
+_COMMANDS["STARTTLS"] = _Command(
+    replies.STARTTLS_NO_ARGUMENTS, SmtpConnection._starttls_refusal, True, SmtpConnection._refuse
+)
+for _verb in ("DATA", "RSET", "QUIT"):
+    _COMMANDS[_verb] = _Command(
+        replies.SYNTAX_ERROR_PARAMETERS.with_text(f"{_verb} takes no arguments"),
+        None,
+        False,
+        SmtpConnection._refuse,
+    )
+
+
+# states.ALLOWED resolved to methods once: state -> verb -> (handler, refusal).
+_RULES: dict[State, dict[str, tuple[Callable[[SmtpConnection, str], None] | None, Reply | None]]]
+_RULES = {
+    state: {
+        verb: (getattr(SmtpConnection, rule.handler) if rule.handler else None, rule.refusal)
+        for verb, rule in rules.items()
+    }
+    for state, rules in ALLOWED.items()
+}
+
+_STEPS: dict[State, Callable[[SmtpConnection], bool]] = {
+    state: SmtpConnection._step_command for state in COMMAND_STATES
+}
+_STEPS[State.DATA] = SmtpConnection._step_data
+_STEPS[State.BDAT] = SmtpConnection._step_bdat
+_STEPS[State.AUTH_CHALLENGE] = SmtpConnection._step_auth
+_STEPS[State.REJECTING] = SmtpConnection._step_rejecting
+
+# What next_event reports in the states that read no input.
+_PAUSED_IN = {
+    State.CLOSED: CLOSED,
+    State.AWAITING_TLS: AWAITING_TLS,
+    State.BEFORE_GREETING: NEED_DATA,
+}
+
+# Event type -> its default positive reply (accept()), and -> what its answer changes
+# besides the state (send_reply()); keyed by type instead of isinstance chains.
+_DEFAULT_REPLY: dict[type, Callable[[SmtpConnection, Any], Reply]] = {
+    events.Helo: lambda conn, event: (
+        replies.ehlo_reply(conn.settings.hostname, event.name, conn.ehlo_keywords())
+        if event.extended
+        else replies.helo_reply(conn.settings.hostname)
+    ),
+    events.MailFrom: lambda conn, event: replies.SENDER_OK,
+    events.RcptTo: lambda conn, event: replies.RECIPIENT_OK,
+    events.MessageComplete: lambda conn, event: replies.MESSAGE_QUEUED,
+    events.AuthRequest: lambda conn, event: replies.AUTH_SUCCEEDED,
+    events.AuthResponse: lambda conn, event: replies.AUTH_SUCCEEDED,
+    events.Vrfy: lambda conn, event: replies.VRFY_CANNOT,
+}
+_ANSWERED: dict[type, Callable[[SmtpConnection, Any, Reply, Outcome], bool]] = {
+    events.Helo: SmtpConnection._helo_answered,
+    events.MailFrom: SmtpConnection._mail_answered,
+    events.RcptTo: SmtpConnection._rcpt_answered,
+    events.MessageComplete: SmtpConnection._message_answered,
+    events.AuthRequest: SmtpConnection._auth_answered,
+    events.AuthResponse: SmtpConnection._auth_answered,
 }
