@@ -2,15 +2,30 @@
 
 Sans-I/O: each mechanism takes the client's decoded data and answers with a challenge to send,
 the credentials to check, or a failure reply. Checking the credentials is the policy's job.
+
+Dependencies point one way: this package defines what SASL produces (:class:`Credentials`) and
+imports nothing from :mod:`mailwarden.policy`; the policy contexts re-export it for scripts.
+A new mechanism joins :data:`MECHANISMS` (name to factory), the one table ``mechanism_for`` reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from mailwarden.policy.context import Credentials
 from mailwarden.smtp import replies
 from mailwarden.smtp.replies import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the client sent with AUTH. ``authzid`` is the PLAIN authorization identity."""
+
+    mechanism: str
+    username: str
+    password: str
+    authzid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,22 @@ class LoginMechanism:
         return Challenge(b"Password:")
 
 
-def mechanism_for(name: str) -> PlainMechanism | LoginMechanism:
+class Mechanism(Protocol):
+    """One server-side SASL exchange: ``step`` gets each decoded client message (None when the
+    client sent no initial response) and answers with the next :data:`Step`."""
+
+    name: str
+
+    def step(self, data: bytes | None) -> Step: ...
+
+
+# Every mechanism the server can offer, by its upper-case name (RFC 4422 §3.1).
+MECHANISMS: dict[str, Callable[[], Mechanism]] = {
+    PlainMechanism.name: PlainMechanism,
+    LoginMechanism.name: LoginMechanism,
+}
+
+
+def mechanism_for(name: str) -> Mechanism:
     """The mechanism object for an advertised name; raises KeyError for any other."""
-    return {"PLAIN": PlainMechanism, "LOGIN": LoginMechanism}[name.upper()]()
+    return MECHANISMS[name.upper()]()

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden.smtp import replies
 from mailwarden.smtp.address import parse_mailbox
 from mailwarden.smtp.replies import Reply
 
@@ -38,11 +39,12 @@ class Accept:
 
 
 class _ReplyAction(Exception):
-    """Base of Reject and Defer: an SMTP reply that may also be raised from deep in a script."""
+    """Base of Reject and Defer: an SMTP reply that may also be raised from deep in a script.
 
-    default_code = 550
-    default_enhanced = "5.7.1"
-    default_reason = "Rejected by policy"
+    What the script leaves out comes from the catalogue's default (``replies.SCRIPT_REJECT``,
+    ``replies.SCRIPT_DEFER``), so the defaults are checked with the rest of the catalogue."""
+
+    default: Reply = replies.SCRIPT_REJECT
 
     def __init__(
         self,
@@ -53,14 +55,17 @@ class _ReplyAction(Exception):
         lines: Sequence[str] = (),
         disconnect: bool = False,
     ) -> None:
-        code = code if code is not None else self.default_code
-        enhanced = enhanced if enhanced is not None else self.default_enhanced
-        reason = reason if reason is not None else self.default_reason
-        self._check_class(code)
-        # Reply validates that the enhanced code's class matches the code (RFC 3463 §3).
-        self.reply = Reply(code, enhanced, reason, tuple(lines))
+        default = self.default
+        self._check_class(default.code if code is None else code)
+        if reason is None and code is None and enhanced is None and not lines:
+            self.reply = default
+        else:
+            # Reply validates that the enhanced code's class matches the code (RFC 3463 §3).
+            self.reply = default.replace(
+                code=code, enhanced=enhanced, text=reason, lines=tuple(lines)
+            )
         self.disconnect = disconnect
-        super().__init__(reason)
+        super().__init__(self.reply.text)
 
     def _check_class(self, code: int) -> None:
         raise NotImplementedError
@@ -81,9 +86,7 @@ class Reject(_ReplyAction):
 class Defer(_ReplyAction):
     """Refuse for now, the client retries: a 4xx reply (default ``451 4.7.1 Try again later``)."""
 
-    default_code = 451
-    default_enhanced = "4.7.1"
-    default_reason = "Try again later"
+    default = replies.SCRIPT_DEFER
 
     def _check_class(self, code: int) -> None:
         if not 400 <= code <= 499:

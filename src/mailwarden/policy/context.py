@@ -1,15 +1,7 @@
 """The typed objects a policy hook receives: the connection, the transaction, the message.
 
-One contract for every hook (see docs/policy.md)::
-
-    async def connect(conn: Connection) -> Action | None
-    async def helo(conn: Connection, helo: Helo) -> Action | None
-    async def auth(conn: Connection, credentials: Credentials) -> Action | None
-    async def mail_from(conn: Connection, tx: Transaction, sender: Sender) -> Action | None
-    async def rcpt_to(conn: Connection, tx: Transaction, recipient: Recipient) -> Action | None
-    async def data(conn: Connection, tx: Transaction, message: Message) -> Action | None
-    async def vrfy(conn: Connection, argument: str) -> Action | None
-    async def disconnect(conn: Connection) -> None
+Which hook gets which of them, and what it may answer, is the registry in
+:mod:`mailwarden.policy.hooks` (the one list of hooks; docs/policy.md is checked against it).
 """
 
 from __future__ import annotations
@@ -20,7 +12,26 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from mailwarden.auth.sasl import Credentials
 from mailwarden.policy.headers import Headers
+
+# What the auth hook receives is what SASL produced (mailwarden.auth owns it; auth/ imports
+# nothing from policy/). Re-exported here, so scripts import every context from one module.
+__all__ = [
+    "AuthIdentity",
+    "Connection",
+    "Credentials",
+    "Helo",
+    "HookResult",
+    "Message",
+    "Recipient",
+    "RecipientState",
+    "Sender",
+    "TlsInfo",
+    "Transaction",
+    "memory_body",
+    "server_update",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,16 +219,6 @@ async def _lookup_ptr(ip: str) -> str | None:
 class Helo:
     name: str
     extended: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    """What the client sent with AUTH. ``authzid`` is the PLAIN authorization identity."""
-
-    mechanism: str
-    username: str
-    password: str
-    authzid: str = ""
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
 """Calling a policy hook safely: a raising, slow or confused hook never crashes the server and
-never turns into a 250. It becomes ``451 4.3.0``, a logged traceback with the connection id, and
+never turns into a 250. It becomes :class:`HookFailed` (the caller answers with the hook's failure
+reply from the registry, ``451 4.3.0`` for most), a logged traceback with the connection id, and
 one more on the ``script_errors`` counter."""
 
 from __future__ import annotations
@@ -8,27 +9,17 @@ import asyncio
 import logging
 from typing import Any
 
-from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
+from mailwarden.policy.actions import Defer, Reject
+from mailwarden.policy.hooks import HOOKS
 from mailwarden.policy.script import PolicyScript
 from mailwarden.stats import counters
 
 log = logging.getLogger("mailwarden.policy")
 
-# What each phase may answer; anything else is a script error.
-ALLOWED: dict[str, tuple[type, ...]] = {
-    "connect": (Accept, Reject, Defer),
-    "helo": (Accept, Reject, Defer),
-    "auth": (Accept, Reject, Defer),
-    "mail_from": (Accept, Reject, Defer),
-    "rcpt_to": (Accept, Reject, Defer),
-    "data": (Accept, Queue, Hold, Discard, Reject, Defer),
-    "vrfy": (Accept, Reject, Defer),
-    "disconnect": (),
-}
-
 
 class HookFailed(Exception):
-    """The hook raised, timed out or answered nonsense; the caller replies 451 4.3.0."""
+    """The hook raised, timed out or answered nonsense; the caller answers with the hook's
+    ``failure`` reply from the registry (:mod:`mailwarden.policy.hooks`)."""
 
 
 async def call_hook(
@@ -69,16 +60,18 @@ async def call_hook(
         counters.script_errors += 1
         log.exception("connection %s: hook %s raised", connection_id, name)
         raise HookFailed(name) from None
-    if result is None or name == "disconnect":
+    # What each hook may answer is the registry's; anything else is a script error.
+    allowed = HOOKS[name].allowed
+    if result is None or not allowed:
         return None
-    if not isinstance(result, ALLOWED[name]):
+    if not isinstance(result, allowed):
         counters.script_errors += 1
         log.error(
             "connection %s: hook %s returned %r; expected one of %s or None",
             connection_id,
             name,
             result,
-            ", ".join(t.__name__ for t in ALLOWED[name]),
+            ", ".join(t.__name__ for t in allowed),
         )
         raise HookFailed(name)
     return result

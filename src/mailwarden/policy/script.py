@@ -1,7 +1,7 @@
 """Loading an operator's policy script and checking it against the hook contract.
 
 A script is an ordinary Python module. Its hooks are found by exact name, must be ``async def``
-and must take exactly the parameters of the contract in :mod:`mailwarden.policy.context`; anything
+and must take exactly the parameters of the registry in :mod:`mailwarden.policy.hooks`; anything
 else is a load error naming the file and line, so a mistake shows at ``mailwarden config check``
 or at reload (where the previous script keeps running), not on the first message.
 """
@@ -21,15 +21,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mailwarden.policy.hooks import HOOKS, HookSpec
+
+# The parameters of each hook, read from the registry (kept by this name for older imports).
 HOOK_PARAMETERS: dict[str, tuple[str, ...]] = {
-    "connect": ("conn",),
-    "helo": ("conn", "helo"),
-    "auth": ("conn", "credentials"),
-    "mail_from": ("conn", "tx", "sender"),
-    "rcpt_to": ("conn", "tx", "recipient"),
-    "data": ("conn", "tx", "message"),
-    "vrfy": ("conn", "argument"),
-    "disconnect": ("conn",),
+    name: spec.parameters for name, spec in HOOKS.items()
 }
 
 Hook = Callable[..., Coroutine[Any, Any, Any]]
@@ -238,16 +234,16 @@ def load_script(path: Path) -> PolicyScript:
     finally:
         sys.modules.pop(name, None)
     hooks: dict[str, Hook] = {}
-    for hook_name, parameters in HOOK_PARAMETERS.items():
+    for hook_name, spec in HOOKS.items():
         candidate = getattr(module, hook_name, None)
         if candidate is None:
             continue
-        hooks[hook_name] = _check_hook(path, hook_name, candidate, parameters)
+        hooks[hook_name] = _check_hook(path, spec, candidate)
     return PolicyScript(path, hooks, module)
 
 
-def _check_hook(path: Path, name: str, candidate: object, parameters: tuple[str, ...]) -> Hook:
-    expected = f"async def {name}({', '.join(parameters)})"
+def _check_hook(path: Path, spec: HookSpec, candidate: object) -> Hook:
+    name, parameters, expected = spec.name, spec.parameters, spec.signature
     line = getattr(getattr(candidate, "__code__", None), "co_firstlineno", "?")
     if not inspect.iscoroutinefunction(candidate):
         raise ScriptError(f"{path}:{line}: hook {name} must be {expected}")

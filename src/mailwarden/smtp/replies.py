@@ -48,6 +48,26 @@ class Reply:
     def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)
 
+    def replace(
+        self,
+        *,
+        code: int | None = None,
+        enhanced: str | None = None,
+        text: str | None = None,
+        lines: tuple[str, ...] | None = None,
+    ) -> Reply:
+        """This reply with the given parts changed, checked like any other (RFC 3463 §3).
+
+        How a script's own reply is made from a catalogue default, and how the greeting's code
+        is forced to one RFC 5321 §3.1 allows while the script's enhanced code and text stay.
+        """
+        return Reply(
+            self.code if code is None else code,
+            self.enhanced if enhanced is None else enhanced,
+            self.text if text is None else text,
+            self.lines if lines is None else lines,
+        )
+
     def all_lines(self) -> tuple[str, ...]:
         return (self.text, *self.lines) if self.lines else (self.text,)
 
@@ -120,7 +140,6 @@ EIGHT_BIT_WITHOUT_SMTPUTF8 = Reply(
     553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 parameter"
 )
 UNKNOWN_COMMAND = Reply(500, "5.5.1", "Command unrecognized")
-COMMAND_NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
 BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 SYNTAX_ERROR_PARAMETERS = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Parameter not recognized or not implemented")
@@ -133,6 +152,7 @@ HELO_NEEDS_DOMAIN = Reply(501, "5.5.4", "HELO requires a domain or address liter
 EHLO_NEEDS_DOMAIN = Reply(501, "5.5.4", "EHLO requires a domain or address literal")
 BAD_HELO_ARGUMENT = Reply(501, "5.5.4", "Invalid domain or address literal")
 HELO_FIRST = Reply(503, "5.5.1", "Send HELO or EHLO first")
+VRFY_OK = Reply(250, "2.1.5", "User OK")  # the script's text or the quoted argument replaces it
 VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 HELP = Reply(
     214,
@@ -146,7 +166,6 @@ READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 TLS_HANDSHAKE_FAILED = Reply(454, "4.7.0", "TLS handshake failed")
-TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 STARTTLS_NO_ARGUMENTS = Reply(501, "5.5.4", "STARTTLS takes no arguments")
 
 # --- AUTH (RFC 4954) ------------------------------------------------------------------------
@@ -167,7 +186,6 @@ SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command first")
-NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command first")
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 MAIL_SYNTAX = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address> [parameters]")
@@ -175,17 +193,14 @@ RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO:<address> [parameters]")
 LOCAL_PART_TOO_LONG = Reply(553, "5.1.3", "Local part too long")
 DOMAIN_TOO_LONG = Reply(553, "5.1.2", "Domain too long")
 PATH_TOO_LONG = Reply(553, "5.1.3", "Path too long")
-SOURCE_ROUTE_REFUSED = Reply(553, "5.1.3", "Source routes are not accepted")
 MESSAGE_TOO_BIG_FOR_SIZE = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 ROUTING_REFUSED = Reply(553, "5.7.1", "Sender-specified routing (% ! @ in local part) refused")
-SMTPUTF8_NEEDS_8BITMIME = Reply(555, "5.6.7", "SMTPUTF8 requires BODY=8BITMIME or BINARYMIME")
 
 # --- DATA / BDAT ----------------------------------------------------------------------------
 START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 MESSAGE_QUEUED = Reply(250, "2.0.0", "Message queued")
-MESSAGE_HELD = Reply(250, "2.0.0", "Message accepted")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long in message data")
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large")
@@ -198,7 +213,6 @@ BDAT_SYNTAX = Reply(501, "5.5.4", "Syntax: BDAT <size> [LAST]")
 BDAT_CHUNK_OK = Reply(250, "2.0.0", "Chunk accepted")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 MESSAGE_DISCARDED = Reply(250, "2.0.0", "Message accepted")
-EIGHT_BIT_DATA_IN_7BIT = Reply(554, "5.6.0", "8-bit data in a 7BIT message")
 
 # --- Local failures -------------------------------------------------------------------------
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
@@ -208,6 +222,7 @@ SPOOL_FULL = Reply(451, "4.3.1", "Insufficient system storage, try again later")
 SCRIPT_ERROR = Reply(451, "4.3.0", "Temporary local policy error, try again later")
 # At connect only 220, 421 and 554 may greet (RFC 5321 §3.1): a failed connect hook is a 421.
 SCRIPT_ERROR_AT_CONNECT = Reply(421, "4.3.2", "Try again later")
+# The defaults of a script's Defer and Reject (policy/actions.py) when it gives no code or text.
 SCRIPT_DEFER = Reply(451, "4.7.1", "Try again later")
 SCRIPT_REJECT = Reply(550, "5.7.1", "Rejected by policy")
 

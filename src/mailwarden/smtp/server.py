@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mailwarden.policy.script import PolicyScript
 from mailwarden.smtp import replies
@@ -88,6 +88,23 @@ class ListenerSnapshot:
         return any(address in network for network in self.trusted_networks)
 
 
+@runtime_checkable
+class TrackedSession(Protocol):
+    """All the listener knows of a session (as smtpping's ``Watcher`` is all its loop knows of a
+    worker): the few members below. Timeouts, hooks and flow control stay the session's own."""
+
+    remote_ip: str  # admission and ``connections_per_ip`` count by it
+
+    def wake(self) -> None:
+        """Look at the listener again (it is shutting down: an idle session says 421)."""
+
+    def sweep(self, now: float) -> None:
+        """The once-a-second check: expire a hook past its deadline or an idle connection."""
+
+    def expire(self, reply: Reply, reason: str) -> None:
+        """Close now with ``reply`` (the shutdown grace time is over)."""
+
+
 def build_ssl_context(
     certificate: os.PathLike[str] | str, key: os.PathLike[str] | str
 ) -> ssl.SSLContext:
@@ -115,7 +132,7 @@ class SmtpServer:
         self.loop = asyncio.get_running_loop()
         self.spool = spool
         self.worker = worker
-        self.sessions: set[SmtpSession] = set()
+        self.sessions: set[TrackedSession] = set()
         self.per_ip: Counter[str] = Counter()
         self.shutting_down = False
         self._servers: list[asyncio.base_events.Server] = []
@@ -192,7 +209,7 @@ class SmtpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
         for session in list(self.sessions):
-            session._wake()  # idle sessions see shutting_down and say 421
+            session.wake()  # idle sessions see shutting_down and say 421
         deadline = time.monotonic() + grace
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -205,24 +222,24 @@ class SmtpServer:
 
     # --- admission and bookkeeping ---------------------------------------------------------
 
-    def admit(self, session: SmtpSession) -> Reply | None:
+    def admit(self, session: TrackedSession) -> Reply | None:
         """Register a new connection, or the 421 that refuses it (limits, shutdown)."""
         if self.shutting_down:
             return replies.SERVICE_SHUTTING_DOWN
         limits = self.settings.limits
         if len(self.sessions) >= limits.connections:
             return replies.TOO_MANY_CONNECTIONS
-        ip = session._remote_ip
+        ip = session.remote_ip
         if self.per_ip[ip] >= limits.connections_per_ip:
             return replies.TOO_MANY_CONNECTIONS_FROM_IP
         self.sessions.add(session)
         self.per_ip[ip] += 1
         return None
 
-    def forget(self, session: SmtpSession) -> None:
+    def forget(self, session: TrackedSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            ip = session._remote_ip
+            ip = session.remote_ip
             self.per_ip[ip] -= 1
             if self.per_ip[ip] <= 0:
                 del self.per_ip[ip]
@@ -235,17 +252,9 @@ class SmtpServer:
         return f"{time.time_ns() // 1000:x}{self.worker:02x}{next(self._message_ids) & 0xFFFF:04x}"
 
     def _sweep(self) -> None:
-        """Close sessions idle past their timeout (RFC 5321 §4.5.3.2): 421 4.4.2. Each session's
-        timeouts are those of the snapshot it started with, not the latest reload's."""
+        """One timer for all sessions: each checks its own hook deadline and idle timeout
+        (RFC 5321 §4.5.3.2), with the timeouts of the snapshot it started with."""
         now = self.loop.time()
         for session in list(self.sessions):
-            if session.busy:
-                if session.hook_deadline and now > session.hook_deadline:
-                    session.expire_hook()
-                continue
-            limits = session.snapshot.settings.limits
-            timeout = limits.data_timeout if session.core.in_data else limits.command_timeout
-            if now - session.last_activity > timeout:
-                log.info("connection %s: timeout", session.conn.id if session.conn else "?")
-                session.expire(replies.TIMEOUT, "timeout")
+            session.sweep(now)
         self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep)

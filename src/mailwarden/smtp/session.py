@@ -12,6 +12,12 @@ is processed until ``resume_writing``. Memory per connection stays bounded eithe
 idle timeout keeps running, so a client that never reads is dropped.
 
 Every session works from the :class:`~mailwarden.smtp.server.ListenerSnapshot` it started with.
+The decisions are not made here but in pure functions beside their owners: the relay rule
+(:mod:`mailwarden.policy.relay`), what an action means (:mod:`mailwarden.policy.outcome`), which
+reply a failed hook gets (:mod:`mailwarden.policy.hooks`), the trace field
+(:mod:`mailwarden.smtp.trace`), the spool record (:mod:`mailwarden.smtp.record`) and the TLS facts
+(:mod:`mailwarden.smtp.peer_tls`). The listener sees a session only through
+:class:`~mailwarden.smtp.server.TrackedSession`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
-from mailwarden.auth.sasl import Challenge, Failed, mechanism_for
-from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
+from mailwarden.auth.sasl import Challenge, Failed, Mechanism, mechanism_for
+from mailwarden.policy import hooks
+from mailwarden.policy.actions import Accept, Defer, Reject
 from mailwarden.policy.context import (
     AuthIdentity,
     Connection,
@@ -33,17 +39,21 @@ from mailwarden.policy.context import (
     Recipient,
     RecipientState,
     Sender,
-    TlsInfo,
     Transaction,
     server_update,
 )
 from mailwarden.policy.headers import Headers
+from mailwarden.policy.hooks import HookSpec
+from mailwarden.policy.outcome import apply_end_of_data, greeting_refusal
+from mailwarden.policy.relay import relay_refusal
 from mailwarden.policy.runner import HookFailed, call_hook
 from mailwarden.smtp import events, replies
+from mailwarden.smtp.peer_tls import tls_info
 from mailwarden.smtp.protocol import AWAITING_TLS, CLOSED, NEED_DATA, Paused, SmtpConnection
+from mailwarden.smtp.record import spool_record
 from mailwarden.smtp.replies import Reply
+from mailwarden.smtp.trace import received_header
 from mailwarden.spool.errors import SpoolError
-from mailwarden.spool.store import SpooledRecipient, SpoolRecord
 from mailwarden.spool.writer import MessageWriter
 from mailwarden.stats import counters
 
@@ -72,8 +82,8 @@ class SmtpSession(asyncio.Protocol):
         self.conn: Connection | None = None
         self.tx: Transaction | None = None
         self.writer: MessageWriter | None = None
-        self.last_activity = 0.0
-        self.busy = False  # a hook or the spool is working: the idle timeout does not run
+        self._last_activity = 0.0
+        self._busy = False  # a hook or the spool is working: the idle timeout does not run
         self._waiter: asyncio.Future[None] | None = None
         self._input_full = False  # unprocessed input above _HIGH_WATER
         self._writing_paused = False  # the transport's write buffer is above its high water
@@ -81,14 +91,14 @@ class SmtpSession(asyncio.Protocol):
         self._lost = False
         self._draining = False  # closed, waiting for the client to take the last replies
         self._task: asyncio.Task[None] | None = None
-        self._sasl: Any = None
-        self._remote_ip = ""
+        self._sasl: Mechanism | None = None
+        self.remote_ip = ""  # the client's address; the listener counts connections by it
         # The relay rule's facts, kept here rather than read from ``conn``: whatever a script
         # does to its Connection object, it cannot change what the relay rule sees.
         self._trusted = False
         self._auth: AuthIdentity | None = None
         self._tls = False
-        self.hook_deadline = 0.0
+        self._hook_deadline = 0.0
         self._hook_expired = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -101,13 +111,13 @@ class SmtpSession(asyncio.Protocol):
         self.core = SmtpConnection(snapshot.protocol_settings)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
-        self._remote_ip = peer[0]
+        self.remote_ip = peer[0]
         refusal = self.server.admit(self)
         if refusal is not None:
             counters.connections_refused += 1
             log.info(
                 'connection refused: client=%s reply="%d %s %s"',
-                self._remote_ip,
+                self.remote_ip,
                 refusal.code,
                 refusal.enhanced,
                 refusal.text,
@@ -116,7 +126,7 @@ class SmtpSession(asyncio.Protocol):
             transport.close()
             return
         counters.connections += 1
-        self.last_activity = self.server.loop.time()
+        self._last_activity = self.server.loop.time()
         self._trusted = snapshot.is_trusted(peer[0])
         self.conn = Connection(
             id=self.server.next_connection_id(),
@@ -131,15 +141,15 @@ class SmtpSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.core.receive_data(data)
-        self.last_activity = self.server.loop.time()
+        self._last_activity = self.server.loop.time()
         if self.core.buffered_bytes > _HIGH_WATER:
             self._input_full = True
             self._update_reading()
-        self._wake()
+        self.wake()
 
     def eof_received(self) -> bool | None:
         self.core.receive_data(b"")
-        self._wake()
+        self.wake()
         if self._tls:
             # An SSL transport closes itself after EOF whatever we answer (a close_notify ends
             # the TLS session, RFC 8446 §6.1), and asyncio warns about a True answer.
@@ -149,7 +159,7 @@ class SmtpSession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.core.connection_lost()
-        self._wake()
+        self.wake()
 
     def pause_writing(self) -> None:
         """The transport's write buffer went above its high-water mark: the client does not
@@ -160,9 +170,9 @@ class SmtpSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The write buffer drained below its low-water mark: the client reads again."""
         self._writing_paused = False
-        self.last_activity = self.server.loop.time()  # reading replies is activity too
+        self._last_activity = self.server.loop.time()  # reading replies is activity too
         self._update_reading()
-        self._wake()
+        self.wake()
 
     def _update_reading(self) -> None:
         """Pause or resume reading from the socket as the two flow-control marks say."""
@@ -177,7 +187,8 @@ class SmtpSession(asyncio.Protocol):
             else:
                 transport.resume_reading()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Let the session loop look again (new input, shutdown, expiry)."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -253,19 +264,20 @@ class SmtpSession(asyncio.Protocol):
                 await self._wait()
         try:
             with contextlib.suppress(HookFailed):
-                await self._hook("disconnect", self.conn)
+                await self._hook(hooks.DISCONNECT, self.conn)
         finally:
             self.server.forget(self)
 
-    async def _hook(self, name: str, *args: Any) -> Any:
+    async def _hook(self, spec: HookSpec, *args: Any) -> Any:
         """Run a script hook. Its time limit is enforced by the server's once-a-second sweep
-        (see ``expire_hook``) instead of a timer per call, which the profile showed to cost
-        as much as the hook itself."""
+        (see ``sweep``) instead of a timer per call, which the profile showed to cost as much
+        as the hook itself."""
+        name = spec.name
         if name not in self.script.hooks:
             return None
         assert self.conn is not None
-        self.busy = True
-        self.hook_deadline = self.server.loop.time() + self.settings.limits.hook_timeout
+        self._busy = True
+        self._hook_deadline = self.server.loop.time() + self.settings.limits.hook_timeout
         self._hook_expired = False
         try:
             result = await call_hook(self.script, name, self.conn.id, None, *args)
@@ -276,9 +288,9 @@ class SmtpSession(asyncio.Protocol):
             self._task.uncancel()
             result = None
         finally:
-            self.busy = False
-            self.hook_deadline = 0.0
-            self.last_activity = self.server.loop.time()
+            self._busy = False
+            self._hook_deadline = 0.0
+            self._last_activity = self.server.loop.time()
         if self._hook_expired:
             counters.script_errors += 1
             log.error(
@@ -290,45 +302,51 @@ class SmtpSession(asyncio.Protocol):
             raise HookFailed(name)
         return result
 
-    def expire_hook(self) -> None:
-        """The running hook is past its deadline: cancel it; the client gets 451 4.3.0."""
+    def _expire_hook(self) -> None:
+        """The running hook is past its deadline: cancel it; the client gets its failure reply."""
         if self._task is not None and not self._hook_expired:
             self._hook_expired = True
             self._task.cancel()
 
-    async def _decide(self, name: str, phase: str, *args: Any, detail: str = "") -> Any:
+    async def _decide(self, spec: HookSpec, *args: Any, detail: str = "") -> Any:
         """The hook's action, or ANSWERED when the client already got its answer: the
-        script's own refusal, or 451 4.3.0 when the hook failed (both logged and counted)."""
+        script's own refusal, or the hook's failure reply (both logged and counted)."""
         try:
-            action = await self._hook(name, *args)
+            action = await self._hook(spec, *args)
         except HookFailed:
-            self._refused(phase, replies.SCRIPT_ERROR, detail)
-            self.core.send_reply(replies.SCRIPT_ERROR)
+            self._hook_failed(spec, detail)
             return ANSWERED
         if isinstance(action, Reject | Defer):
-            self._refuse(action, phase, detail)
+            self._refuse(action, spec, detail)
             return ANSWERED
         return action
 
-    def _refuse(self, action: Reject | Defer, phase: str, detail: str = "") -> None:
-        self._refused(phase, action.reply, detail)
+    def _hook_failed(self, spec: HookSpec, detail: str = "") -> None:
+        """Answer a hook that raised, timed out or answered nonsense with its registry reply."""
+        reply = spec.failure
+        assert reply is not None  # every hook run inside a conversation has one
+        self._refused(spec, reply, detail)
+        self.core.send_reply(reply)
+
+    def _refuse(self, action: Reject | Defer, spec: HookSpec, detail: str = "") -> None:
+        self._refused(spec, action.reply, detail)
         self.core.send_reply(action.reply, disconnect=action.disconnect)
 
-    def _refused(self, phase: str, reply: Reply, detail: str = "") -> None:
+    def _refused(self, spec: HookSpec, reply: Reply, detail: str = "") -> None:
         """Log and count a refusal (RFC 5321 §4.2.1: the 4xx/5xx the client was sent).
 
         One info line each, with what an operator needs to answer "why was this refused":
         connection id, phase, client, reply; ``detail`` names the envelope address concerned.
         Never AUTH data. Script-supplied text is escaped, so it cannot forge log lines.
         """
-        name = _REFUSAL_COUNTERS[phase]
+        name = spec.counter
         setattr(counters, name, getattr(counters, name) + 1)
         text = " / ".join(replies.sanitize_text(line) for line in reply.all_lines())
         log.info(
             'connection %s: %s refused: client=%s%s reply="%d %s %s"',
             self.conn.id if self.conn is not None else "?",
-            phase,
-            self._remote_ip,
+            spec.phase,
+            self.remote_ip,
             detail,
             reply.code,
             reply.enhanced or "-",
@@ -341,20 +359,18 @@ class SmtpSession(asyncio.Protocol):
         assert self.conn is not None
         banner = self.settings.greeting_banner
         hostname = self.snapshot.protocol_settings.hostname
+        spec = hooks.CONNECT
         try:
-            action = await self._hook("connect", self.conn)
+            action = await self._hook(spec, self.conn)
         except HookFailed:
-            reply = replies.SCRIPT_ERROR_AT_CONNECT
-            self._refused("connect", reply)
+            reply = spec.failure
+            assert reply is not None
+            self._refused(spec, reply)
             self.core.send_greeting(reply)
             return
         if isinstance(action, Reject | Defer):
-            reply = action.reply
-            if reply.code != 554 and reply.is_permanent:
-                reply = Reply(554, reply.enhanced, reply.text, reply.lines)
-            elif reply.is_transient and reply.code != 421:
-                reply = Reply(421, reply.enhanced, reply.text, reply.lines)
-            self._refused("connect", reply)
+            reply = greeting_refusal(action.reply)
+            self._refused(spec, reply)
             self.core.send_greeting(reply)
             if action.disconnect and not self.core.closed:
                 # RFC 5321 §3.1 lets a 554 server wait for QUIT; the script asked not to.
@@ -370,8 +386,7 @@ class SmtpSession(asyncio.Protocol):
     async def _on_helo(self, event: events.Helo) -> None:
         assert self.conn is not None
         action = await self._decide(
-            "helo",
-            "helo",
+            hooks.HELO,
             self.conn,
             Helo(event.name, event.extended),
             detail=f" helo={replies.quote_for_reply(event.name, 255)}",
@@ -410,20 +425,7 @@ class SmtpSession(asyncio.Protocol):
         # A fresh transport with its own flow control; the old one's marks are gone with it.
         self._tls = True
         self._writing_paused = self._reading_paused = self._input_full = False
-        ssl_object = new_transport.get_extra_info("ssl_object")
-        cipher = ssl_object.cipher() if ssl_object is not None else None
-        peer_cert = ssl_object.getpeercert() if ssl_object is not None else None
-        subject = None
-        if peer_cert:
-            subject = ", ".join(
-                "=".join(item) for rdn in peer_cert.get("subject", ()) for item in rdn
-            )
-        tls = TlsInfo(
-            protocol=ssl_object.version() if ssl_object is not None else "",
-            cipher=cipher[0] if cipher else "",
-            bits=cipher[2] if cipher else 0,
-            peer_certificate_subject=subject,
-        )
+        tls = tls_info(new_transport.get_extra_info("ssl_object"))
         server_update(self.conn, tls=tls, helo_name=None)
         self.core.tls_established()
 
@@ -433,6 +435,7 @@ class SmtpSession(asyncio.Protocol):
             self._sasl = mechanism_for(event.mechanism)
             step = self._sasl.step(event.initial_response)
         else:
+            assert self._sasl is not None  # the core sends AuthResponse only inside AUTH
             step = self._sasl.step(event.data)
         if isinstance(step, Challenge):
             self.core.send_auth_challenge(step.data)
@@ -444,10 +447,9 @@ class SmtpSession(asyncio.Protocol):
         # Logged with the mechanism only: user names and passwords stay out of the log.
         detail = f" mechanism={step.mechanism}"
         try:
-            action = await self._hook("auth", self.conn, step)
+            action = await self._hook(hooks.AUTH, self.conn, step)
         except HookFailed:
-            self._refused("auth", replies.AUTH_TEMPORARY_FAILURE, detail)
-            self.core.send_reply(replies.AUTH_TEMPORARY_FAILURE)
+            self._hook_failed(hooks.AUTH, detail)
             return
         if isinstance(action, Accept):
             self._auth = AuthIdentity(step.username, step.mechanism)
@@ -458,9 +460,9 @@ class SmtpSession(asyncio.Protocol):
         # Slow down guessing: each failure on this connection waits longer before the answer.
         await asyncio.sleep(self.core.auth_failure_delay() + 0.25)
         if isinstance(action, Reject | Defer):
-            self._refuse(action, "auth", detail)
+            self._refuse(action, hooks.AUTH, detail)
         else:
-            self._refused("auth", replies.AUTH_FAILED, detail)
+            self._refused(hooks.AUTH, replies.AUTH_FAILED, detail)
             self.core.send_reply(replies.AUTH_FAILED)
 
     async def _on_mail(self, event: events.MailFrom) -> None:
@@ -468,7 +470,7 @@ class SmtpSession(asyncio.Protocol):
         self.tx = Transaction(id=self.server.next_message_id())
         sender = Sender(str(event.path.address), dict(event.path.parameters))
         action = await self._decide(
-            "mail_from", "mail", self.conn, self.tx, sender, detail=f" from=<{sender.address}>"
+            hooks.MAIL_FROM, self.conn, self.tx, sender, detail=f" from=<{sender.address}>"
         )
         if action is ANSWERED:
             self.tx = None
@@ -484,21 +486,11 @@ class SmtpSession(asyncio.Protocol):
         self.core.send_reply(reply)
 
     def _relay_refusal(self, address: str) -> Reply | None:
-        """The built-in anti-relay rule, which no script can switch off: untrusted,
-        unauthenticated clients may only send to the local domains (and to postmaster).
-
-        Decided from the session's own facts, never from ``conn``, which scripts hold.
-        """
-        if self._trusted or self._auth is not None:
-            return None
-        local, at, domain = address.rpartition("@")
-        if not at:
-            return None  # <postmaster>, which RFC 5321 §4.5.1 requires us to accept
-        if domain.lower().rstrip(".") not in self.snapshot.local_domains:
-            return replies.RELAY_DENIED
-        if local.startswith('"') or any(char in local for char in "%!@"):
-            return replies.ROUTING_REFUSED
-        return None
+        """The built-in anti-relay rule, decided from the session's own facts, never from
+        ``conn``, which scripts hold."""
+        return relay_refusal(
+            self._trusted, self._auth is not None, self.snapshot.local_domains, address
+        )
 
     async def _on_rcpt(self, event: events.RcptTo) -> None:
         assert self.conn is not None and self.tx is not None
@@ -506,10 +498,10 @@ class SmtpSession(asyncio.Protocol):
         detail = f" to=<{recipient.address}>"
         refusal = self._relay_refusal(recipient.address)
         if refusal is not None:
-            self._refused("rcpt", refusal, detail)
+            self._refused(hooks.RCPT_TO, refusal, detail)
             self.core.send_reply(refusal)
             return
-        action = await self._decide("rcpt_to", "rcpt", self.conn, self.tx, recipient, detail=detail)
+        action = await self._decide(hooks.RCPT_TO, self.conn, self.tx, recipient, detail=detail)
         if action is ANSWERED:
             return
         reply = replies.RECIPIENT_OK
@@ -520,7 +512,9 @@ class SmtpSession(asyncio.Protocol):
                 # "postmaster" has no domain and passes, as RFC 5321 §4.5.1 wants.
                 refusal = self._relay_refusal(action.recipient)
                 if refusal is not None:
-                    self._refused("rcpt", refusal, f"{detail} rewritten=<{action.recipient}>")
+                    self._refused(
+                        hooks.RCPT_TO, refusal, f"{detail} rewritten=<{action.recipient}>"
+                    )
                     self.core.send_reply(refusal)
                     return
             recipient.metadata.update(action.metadata)
@@ -534,7 +528,18 @@ class SmtpSession(asyncio.Protocol):
         self.writer = MessageWriter(
             self.tx.id, self.server.spool.spill_path, self.snapshot.spool_settings.memory_threshold
         )
-        self.writer.write(self._received_header(event.chunking))
+        conn, tx = self.conn, self.tx
+        assert conn is not None
+        only = tx.recipients[0].address if len(tx.recipients) == 1 else None
+        self.writer.write(
+            received_header(
+                conn,
+                tx.id,
+                only,
+                self.snapshot.protocol_settings.hostname,
+                self.core.utf8_transaction,
+            )
+        )
 
     async def _on_message_data(self, event: events.MessageData) -> None:
         if self.writer is None:
@@ -558,10 +563,10 @@ class SmtpSession(asyncio.Protocol):
             writer.discard()  # closes a spill file; a committed file was already handed over
         self.tx = None
         if isinstance(action, Reject | Defer):
-            self._refuse(action, "data", detail)
+            self._refuse(action, hooks.DATA, detail)
             return
         if not action.is_positive:  # a script error, a spool failure
-            self._refused("data", action, detail)
+            self._refused(hooks.DATA, action, detail)
         self.core.send_reply(action)
 
     async def _end_of_data(self, writer: MessageWriter) -> Reply | Reject | Defer:
@@ -573,31 +578,22 @@ class SmtpSession(asyncio.Protocol):
         message = Message(
             headers, writer.body_size, writer.open_body, has_body=writer.has_separator
         )
+        spec = hooks.DATA
         try:
-            action = await self._hook("data", self.conn, self.tx, message)
+            action = await self._hook(spec, self.conn, self.tx, message)
         except HookFailed:
-            return replies.SCRIPT_ERROR
+            assert spec.failure is not None
+            return spec.failure
         if isinstance(action, Reject | Defer):
             return action
-        text: str | None = None
-        if isinstance(action, Hold):
-            for recipient in self.tx.recipients:
-                if recipient.state is RecipientState.ACTIVE:
-                    recipient.hold(action.reason)
-        elif isinstance(action, Discard):
-            for recipient in self.tx.recipients:
-                recipient.discard(action.reason)
-        elif isinstance(action, Queue | Accept):
-            for recipient in self.tx.recipients:
-                recipient.metadata.update(action.metadata)
-            text = action.text
-        kept = [r for r in self.tx.recipients if r.state is not RecipientState.DISCARDED]
+        outcome = apply_end_of_data(action, self.tx.recipients)
+        kept, text = outcome.kept, outcome.text
         if not kept:
             counters.messages_discarded += 1
             log.info("%s: discarded (%s)", self.tx.id, self.tx.recipients[0].reason)
             return replies.MESSAGE_DISCARDED
-        record = self._record(writer, headers, kept)
-        self.busy = True
+        record = spool_record(self.conn, self.tx, writer, headers, kept, time.time())
+        self._busy = True
         try:
             await self.server.spool.commit(record)
         except SpoolError as error:
@@ -605,8 +601,8 @@ class SmtpSession(asyncio.Protocol):
             log.error("%s: not queued: %s", self.tx.id, error)
             return error.reply
         finally:
-            self.busy = False
-            self.last_activity = self.server.loop.time()
+            self._busy = False
+            self._last_activity = self.server.loop.time()
         writer.close_file()
         held = all(r.state is RecipientState.HELD for r in kept)
         if held:
@@ -626,74 +622,6 @@ class SmtpSession(asyncio.Protocol):
             return replies.MESSAGE_QUEUED.with_text(text)
         return replies.MESSAGE_QUEUED.with_text(f"Message queued as {self.tx.id}")
 
-    def _record(
-        self, writer: MessageWriter, headers: Headers, kept: list[Recipient]
-    ) -> SpoolRecord:
-        assert self.conn is not None and self.tx is not None and self.tx.sender is not None
-        header_bytes = headers.to_bytes()
-        if writer.has_separator:
-            header_bytes += b"\r\n"
-        body = writer.memory_body()
-        conn = self.conn
-        return SpoolRecord(
-            id=self.tx.id,
-            server_id=conn.server_id,
-            received_at=time.time(),
-            sender=self.tx.sender.address,
-            sender_params=self.tx.sender.params,
-            client_ip=conn.remote_ip,
-            client_port=conn.remote_port,
-            helo=conn.helo_name,
-            tls=(
-                {"protocol": conn.tls.protocol, "cipher": conn.tls.cipher, "bits": conn.tls.bits}
-                if conn.tls
-                else None
-            ),
-            auth=(
-                {"username": conn.auth.username, "mechanism": conn.auth.mechanism}
-                if conn.auth
-                else None
-            ),
-            metadata=self.tx.metadata,
-            headers=header_bytes,
-            body=body,
-            body_file=None if body is not None else writer.spill_path,
-            body_fd=writer.spill_fd,
-            size=len(header_bytes) + writer.body_size,
-            recipients=[
-                SpooledRecipient(r.address, r.params, r.metadata, r.state.value, r.reason)
-                for r in kept
-            ],
-        )
-
-    def _received_header(self, chunking: bool) -> bytes:
-        """The trace field of RFC 5321 §4.4, protocol names from RFC 3848."""
-        conn, tx = self.conn, self.tx
-        assert conn is not None and tx is not None
-        protocol = "ESMTP" if conn.esmtp else "SMTP"
-        if conn.esmtp:
-            if self.core.utf8_transaction:
-                protocol = "UTF8SMTP"
-            if conn.tls:
-                protocol += "S"
-            if conn.auth:
-                protocol += "A"
-        helo = replies.quote_for_reply(conn.helo_name or "unknown", 255)
-        ip = conn.remote_ip
-        literal = f"IPv6:{ip}" if ":" in ip else ip
-        lines = [f"Received: from {helo} ([{literal}])"]
-        lines.append(f"\tby {self.snapshot.protocol_settings.hostname} (Mailwarden)")
-        if conn.tls:
-            lines.append(
-                f"\t(using {conn.tls.protocol} with cipher {conn.tls.cipher}"
-                f" ({conn.tls.bits} bits))"
-            )
-        lines.append(f"\twith {protocol} id {tx.id}")
-        if len(tx.recipients) == 1:
-            lines.append(f"\tfor <{tx.recipients[0].address}>")
-        lines[-1] += f"; {_received_date()}"
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
-
     async def _on_message_aborted(self, event: events.MessageAborted) -> None:
         if self.writer is not None:
             self.writer.discard()
@@ -705,7 +633,7 @@ class SmtpSession(asyncio.Protocol):
             log.info(
                 "connection %s: data refused: client=%s%s reason=%s",
                 self.conn.id if self.conn is not None else "?",
-                self._remote_ip,
+                self.remote_ip,
                 f" id={self.tx.id}" if self.tx is not None else "",
                 event.reason,
             )
@@ -719,14 +647,14 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_vrfy(self, event: events.Vrfy) -> None:
         assert self.conn is not None
-        action = await self._decide("vrfy", "vrfy", self.conn, event.argument)
+        action = await self._decide(hooks.VRFY, self.conn, event.argument)
         if action is ANSWERED:
             return
         if isinstance(action, Accept):
             # The client's argument goes back escaped (non-ASCII too): replies are US-ASCII
             # (RFC 5321 §4.2) and raw input is never echoed.
             text = action.text or replies.quote_for_reply(event.argument, 256)
-            self.core.send_reply(Reply(250, "2.1.5", text))
+            self.core.send_reply(replies.VRFY_OK.with_text(text))
         else:
             self.core.accept()
 
@@ -749,37 +677,27 @@ class SmtpSession(asyncio.Protocol):
         """
         stuck = self._writing_paused or self._draining
         self.core.close_with(reply, reason)
-        self._wake()
+        self.wake()
         if self.transport is None:
             return
         if stuck:
             self.transport.abort()
-        elif self.busy:
+        elif self._busy:
             self._hang_up()
 
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _received_date() -> str:
-    """RFC 5322 date for trace fields, formatted once per second (it shows in the profile)."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, localtime=True))
-    return _date_cache[1]
-
-
-# Which counter each phase's refusals go to (see mailwarden.stats).
-_REFUSAL_COUNTERS: dict[str, str] = {
-    "connect": "refused_connect",
-    "helo": "refused_helo",
-    "auth": "refused_auth",
-    "mail": "refused_mail",
-    "rcpt": "refused_rcpt",
-    "data": "messages_rejected",
-    "vrfy": "refused_vrfy",
-}
+    def sweep(self, now: float) -> None:
+        """The listener's once-a-second check: a hook past ``hook_timeout`` is cancelled; a
+        client idle past its timeout (RFC 5321 §4.5.3.2) gets 421 4.4.2. The timeouts are those
+        of the snapshot this session started with, not the latest reload's."""
+        if self._busy:
+            if self._hook_deadline and now > self._hook_deadline:
+                self._expire_hook()
+            return
+        limits = self.settings.limits
+        timeout = limits.data_timeout if self.core.in_data else limits.command_timeout
+        if now - self._last_activity > timeout:
+            log.info("connection %s: timeout", self.conn.id if self.conn else "?")
+            self.expire(replies.TIMEOUT, "timeout")
 
 
 _HANDLERS: dict[type, Any] = {
