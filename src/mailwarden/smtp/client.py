@@ -372,6 +372,7 @@ class _Transaction:
     final: dict[int, ServerReply] = field(default_factory=dict)  # recipient index -> reply
     data_reply: ServerReply | None = None
     failed: ServerReply | None = None  # DATA / BDAT refused
+    chunked: bool = False  # BDAT (RFC 3030) rather than DATA
     chunks: deque[bytes] = field(default_factory=deque)
 
     @property
@@ -409,10 +410,16 @@ class SmtpClientConnection:
     """One outbound SMTP or LMTP connection; see the module docstring for the API."""
 
     def __init__(
-        self, local_hostname: str, *, lmtp: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        local_hostname: str,
+        *,
+        lmtp: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        use_chunking: bool = True,
     ) -> None:
         self.local_hostname = local_hostname
         self.lmtp = lmtp
+        self.use_chunking = use_chunking  # False: DATA even when CHUNKING is offered
         self.chunk_size = chunk_size
         self.state = ClientState.CONNECTED
         self.extensions = Extensions()
@@ -508,9 +515,9 @@ class SmtpClientConnection:
         limit = ext.size
         if limit is not None and len(normalized) > limit:
             raise MessageTooLarge(len(normalized), limit)
-        chunking = ext.chunking
+        chunking = ext.chunking and self.use_chunking
         payload = normalized if chunking else dot_stuff(normalized)
-        txn = self._txn = _Transaction(recipients, payload)
+        txn = self._txn = _Transaction(recipients, payload, chunked=chunking)
         self.state = ClientState.TRANSACTION
         self._send(self._mail_command(envelope, len(normalized)), "mail")
         # Without PIPELINING every command waits for the previous reply (RFC 5321 §4.1).
@@ -630,7 +637,7 @@ class SmtpClientConnection:
             if not self.extensions.pipelining:
                 self._send(self._rcpt_command(txn.recipients[index + 1]), "rcpt")
             return
-        if self.extensions.pipelining and not self.extensions.chunking:
+        if self.extensions.pipelining and not txn.chunked:
             return  # DATA's reply is next
         if not mail_ok:
             self._finish()
