@@ -30,6 +30,12 @@ MAX_REPLY = 65536
 # RFC 3463 §2: class.subject.detail, the class being the reply code's first digit (RFC 2034 §4).
 _ENHANCED = re.compile(rb"([245])\.(\d{1,3})\.(\d{1,3})(?=[ \r\n]|$)")
 _SPACE, _DASH, _CR = 0x20, 0x2D, 0x0D
+# A whole well-formed reply in one match (every line the first line's code, '-' on all but the
+# last): the quick way through a multi-line reply. Anything it does not match (a reply not yet
+# complete, garbage, an over-long line) is left to the line-by-line loop, which decides.
+_WHOLE_REPLY = re.compile(
+    rb"(\d\d\d)(?:-[^\n]{0,%d}\n\1)*(?: [^\n]{0,%d}|\r?)\n" % (MAX_LINE - 4, MAX_LINE - 4)
+)
 
 
 class ReplyError(RemoteProtocolError):
@@ -127,6 +133,16 @@ class ReplyParser:
     def feed(self, data: bytes) -> list[ServerReply]:
         if self._broken is not None:
             raise ReplyError("input after an earlier reply error", data)
+        if not self._buffer:
+            # The usual read: one whole one-line reply, "code SP text" (the loop gives the same).
+            end = len(data) - 1
+            if (
+                3 < end <= self.max_line
+                and data[3] == _SPACE
+                and data.find(b"\n", 4) == end
+                and data[:3].isdigit()
+            ):
+                return [_new_reply(ServerReply, (int(data[:3]), data))]
         buffer = self._buffer + data if self._buffer else data
         position = self._scanned
         reply_start = 0
@@ -134,7 +150,18 @@ class ReplyParser:
         replies: list[ServerReply] = []
         find = buffer.find
         max_line = self.max_line
+        # Only over fresh input: retrying the match on a growing partial reply would be quadratic.
+        whole = _WHOLE_REPLY.match if max_line == MAX_LINE and not self._buffer else None
         while True:
+            if head is None and whole is not None:
+                match = whole(buffer, position)
+                if match is not None and match.end() - position <= self.max_reply:
+                    position = match.end()
+                    replies.append(
+                        _new_reply(ServerReply, (int(match[1]), buffer[reply_start:position]))
+                    )
+                    reply_start = position
+                    continue
             newline = find(b"\n", position)
             if newline < 0:
                 break
