@@ -134,3 +134,35 @@ def test_any_split_gives_the_same_replies(replies, sizes) -> None:
     assert b"".join(r.raw for r in whole) == data
     assert parse(data, sizes) == whole
     assert bytewise(data) == whole
+
+
+def _outcome(data: bytes, sizes: list[int] | None) -> tuple[list[ServerReply], bool]:
+    """The replies handed out before any error, and whether an error came."""
+    parser = ReplyParser()
+    out: list[ServerReply] = []
+    pieces = [data] if not sizes else []
+    position, index = 0, 0
+    while sizes and position < len(data):
+        size = sizes[index % len(sizes)]
+        pieces.append(data[position : position + size])
+        position, index = position + size, index + 1
+    try:
+        for piece in pieces:
+            out += parser.feed(piece)
+    except ReplyError as error:
+        return out + list(error.complete), True
+    return out, False
+
+
+_line = st.one_of(
+    st.builds(
+        _encode, st.integers(0, 999), st.lists(_text, min_size=1, max_size=3), st.just(b"\r\n")
+    ),
+    st.binary(max_size=12),
+)
+
+
+@given(st.lists(_line, max_size=6), st.lists(st.integers(1, 20), min_size=1))
+def test_any_split_of_any_bytes_gives_the_same_outcome(pieces, sizes) -> None:
+    data = b"".join(pieces)
+    assert _outcome(data, sizes) == _outcome(data, None) == _outcome(data, [1])
