@@ -36,6 +36,7 @@ from mailwarden.smtp.address import (
     parse_path,
     parse_xtext,
 )
+from mailwarden.smtp.errors import LocalProtocolError
 from mailwarden.smtp.framing import (
     END_OF_DATA,
     LINE_HOLD,
@@ -111,18 +112,6 @@ _MAIL_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"
 _RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 # RFC 4954 §4: AUTH lines (command with initial response, or an answer) up to 12288 octets.
 _AUTH_LINE_LIMIT = 12288
-
-
-class LocalProtocolError(RuntimeError):
-    """Our own side broke the protocol: a method of the core was called out of turn.
-
-    This is a bug in the caller (the session), never something a client can cause; the
-    message names the state the core was in. The peer's misuse is answered with a reply.
-    """
-
-    def __init__(self, message: str, state: State) -> None:
-        super().__init__(f"{message} (core state: {state.value})")
-        self.state = state
 
 
 class _Handled(enum.Enum):

@@ -198,14 +198,18 @@ class PlainTransaction:
         except OSError:
             size = 0
         data = _BUFFER
-        # One line, whole, not the first of several ('-' after the code, RFC 5321 §4.2.1).
-        if not (3 < size < READ_SIZE and data[3] != 45 and data.find(10, 0, size) == size - 1):
+        # One line, whole, "code SP text" (RFC 5321 §4.2.1); anything else (a '-' line, a bare
+        # code, garbage) goes to the shared reply parser, which this path must agree with
+        # (tests/tools/test_smtpping_replies.py).
+        if not (3 < size < READ_SIZE and data[3] == 32 and data.find(10, 0, size) == size - 1):
             self._read_rest(size)
             return
         try:
             code = int(data[:3])
         except ValueError:
             code = 0
+        if code < 100 and not data[:3].isdigit():
+            code = 0  # int() also takes " 25", "+25", "2_5": not a reply code
         step = self._steps[self._step]
         if not step.low <= code <= step.high:
             self._failed(step.label, code)
