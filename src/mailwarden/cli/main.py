@@ -31,7 +31,14 @@ from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import ScriptError
 
 if TYPE_CHECKING:
-    from mailwarden.spool.reader import QueuedMessage, QueuedRecipient, StoredMessage
+    from collections.abc import Iterator
+
+    from mailwarden.spool.reader import (
+        QueuedMessage,
+        QueuedRecipient,
+        QueueSummary,
+        StoredMessage,
+    )
 
 app = typer.Typer(
     help="Mailwarden, the scriptable mail transfer agent.",
@@ -249,46 +256,92 @@ def queue_list(
     further recipients counted ("+2 more"); ids are never cut. ``--json`` has every value in
     full, with per-recipient state, metadata, retry count and next attempt.
     """
-    from mailwarden.spool.reader import iter_messages
+    from mailwarden.spool.errors import SpoolError
+    from mailwarden.spool.reader import iter_messages, queue_summary
 
     settings = _load(config)
     spool = _spool_dir(settings)
-    messages = list(iter_messages(spool))
-    if as_json:
-        _print_json([_message_document(m) for m in messages])
-        return
+    try:
+        if as_json:
+            _stream_json(_message_document(m) for m in iter_messages(spool))
+            return
+        count = _print_queue_table(spool, queue_summary(spool))
+    except SpoolError as error:
+        err.print(str(error), highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    typer.echo(_count_note(count, spool))
+
+
+def _stream_json(documents: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written one element at a time (a spool of 100,000 messages is never held
+    in memory), byte for byte what ``json.dump(list, indent=2)`` writes."""
+    out = sys.stdout
+    separator = "[\n  "
+    for document in documents:
+        out.write(separator + json.dumps(document, indent=2).replace("\n", "\n  "))
+        separator = ",\n  "
+    out.write("[]\n" if separator == "[\n  " else "\n]\n")
+
+
+# Rows per rendered table: the columns are sized from the summary, so the pieces line up.
+_TABLE_PAGE = 500
+
+
+def _print_queue_table(spool: Path, summary: QueueSummary) -> int:
+    """The queue as a table, rendered a page of rows at a time; returns the rows printed."""
+    from mailwarden.spool.reader import iter_messages
+
+    if summary.count == 0:
+        return 0
     console = Console()
-    if messages:
-        table, width = _queue_table(messages, console.width)
-        # Rendered at least as wide as the columns that are never cut: on a terminal too narrow
-        # for them the lines wrap, but no id loses a character.
-        (console if width <= console.width else Console(width=width)).print(table)
-    typer.echo(_count_note(len(messages), spool))
+    fixed = _fixed_widths(summary)
+    envelope_width = max(console.width - sum(fixed) - _COLUMN_GAP * len(fixed), _MIN_ENVELOPE_WIDTH)
+    width = sum(fixed) + _COLUMN_GAP * len(fixed) + envelope_width
+    # Rendered at least as wide as the columns that are never cut: on a terminal too narrow
+    # for them the lines wrap, but no id loses a character.
+    out = console if width <= console.width else Console(width=width)
+    count = 0
+    page: list[QueuedMessage] = []
+    for message in iter_messages(spool):
+        page.append(message)
+        if len(page) == _TABLE_PAGE:
+            out.print(_queue_table(page, fixed, envelope_width, header=count == 0))
+            count += len(page)
+            page = []
+    if page or count == 0:
+        out.print(_queue_table(page, fixed, envelope_width, header=count == 0))
+        count += len(page)
+    return count
 
 
-def _queue_table(messages: list[QueuedMessage], width: int) -> tuple[Table, int]:
-    """The table for a terminal ``width`` columns wide, and the width it needs."""
-    rows = [
-        (
-            m.id,
-            datetime.datetime.fromtimestamp(m.received_at).strftime(_RECEIVED_FORMAT),
-            str(m.size),
-            m.state,
-        )
-        for m in messages
-    ]
-    headers = ("id", "received", "size", "state")
-    fixed = [max(cell_len(h), *(cell_len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    envelope_width = max(width - sum(fixed) - _COLUMN_GAP * len(fixed), _MIN_ENVELOPE_WIDTH)
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for header, column_width in zip(headers, fixed, strict=True):
+_HEADERS = ("id", "received", "size", "state")
+_RECEIVED_WIDTH = len(datetime.datetime(2000, 12, 31, 23, 59).strftime(_RECEIVED_FORMAT))
+
+
+def _fixed_widths(summary: QueueSummary) -> list[int]:
+    values = (
+        summary.longest_id,
+        _RECEIVED_WIDTH,
+        len(str(summary.largest_size)),
+        summary.longest_state,
+    )
+    return [max(cell_len(h), v) for h, v in zip(_HEADERS, values, strict=True)]
+
+
+def _queue_table(
+    messages: list[QueuedMessage], fixed: list[int], envelope_width: int, *, header: bool
+) -> Table:
+    """One page of the table, its columns ``fixed`` wide and then the envelope's."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, show_header=header)
+    for name, column_width in zip(_HEADERS, fixed, strict=True):
         # Operators copy ids: no column is ever cut but the envelope.
-        justify: JustifyMethod = "right" if header == "size" else "left"
-        table.add_column(header, width=column_width, no_wrap=True, justify=justify)
+        justify: JustifyMethod = "right" if name == "size" else "left"
+        table.add_column(name, width=column_width, no_wrap=True, justify=justify)
     table.add_column("sender / recipients", width=envelope_width, no_wrap=True, overflow="ellipsis")
-    for m, row in zip(messages, rows, strict=True):
-        table.add_row(*row, _envelope_cell(m, envelope_width))
-    return table, sum(fixed) + _COLUMN_GAP * len(fixed) + envelope_width
+    for m in messages:
+        received = datetime.datetime.fromtimestamp(m.received_at).strftime(_RECEIVED_FORMAT)
+        table.add_row(m.id, received, str(m.size), m.state, _envelope_cell(m, envelope_width))
+    return table
 
 
 def _envelope_cell(m: QueuedMessage, width: int) -> Text:
@@ -325,12 +378,17 @@ def queue_show(
     ``--raw`` writes the stored header section and body byte for byte to standard output, for
     piping to a file or another tool. Exit 1 if no message has this id.
     """
+    from mailwarden.spool.errors import SpoolError
     from mailwarden.spool.reader import find_message, stored_message
 
     settings = _load(config)
     spool = _spool_dir(settings)
-    message = find_message(spool, message_id)
-    stored = stored_message(spool, message_id) if message is not None else None
+    try:
+        message = find_message(spool, message_id)
+        stored = stored_message(spool, message_id) if message is not None else None
+    except SpoolError as error:  # a shard newer than this version knows
+        err.print(str(error), highlight=False, markup=False)
+        raise typer.Exit(1) from None
     if message is None or stored is None:
         err.print(f"no message {message_id!r} in {spool}", highlight=False, markup=False)
         raise typer.Exit(1)

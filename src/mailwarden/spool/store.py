@@ -13,6 +13,13 @@ files with no committed row are removed at the next start (:meth:`SpoolStore.ope
 Rows name their spill file relative to the spool directory (``data/shard-0-ID``), so the spool
 can be moved or restored elsewhere and ``spool.path`` pointed at it: nothing in it depends on
 where it used to be.
+
+Opening a shard migrates it to the current schema (:mod:`mailwarden.spool.schema`). The commit
+path is two ``executemany`` INSERTs per batch, whatever the batch holds: no query per message.
+Events (:mod:`mailwarden.spool.events`) go to subscribers after the commit returned, never
+before its fsync. The queue manager's functions (leases, recipient states, removal) run in the
+same commit thread, on the same connection, so they never interleave with a batch; two stores
+(processes) on one shard exclude each other through SQLite's write lock (``BEGIN IMMEDIATE``).
 """
 
 from __future__ import annotations
@@ -23,84 +30,30 @@ import json
 import logging
 import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mailwarden.smtp import replies
+from mailwarden.spool import schema
 from mailwarden.spool.errors import SpoolError, reply_for_os_error
-from mailwarden.spool.reader import spill_file_name
+from mailwarden.spool.events import (
+    EventSink,
+    MessageQueued,
+    MessageRemoved,
+    RecipientStateChanged,
+    SpoolEvent,
+)
+from mailwarden.spool.reader import body_file_path, spill_file_name
+from mailwarden.spool.records import SpooledRecipient, SpoolRecord
+from mailwarden.spool.states import DELIVERABLE, RecipientState
+
+__all__ = ["SpoolRecord", "SpoolStore", "SpooledRecipient"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("mailwarden.spool")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    server_id TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    sender TEXT NOT NULL,
-    sender_params TEXT NOT NULL,
-    client_ip TEXT NOT NULL,
-    client_port INTEGER NOT NULL,
-    helo TEXT,
-    tls TEXT,
-    auth TEXT,
-    metadata TEXT NOT NULL,
-    headers BLOB NOT NULL,
-    body BLOB,
-    body_file TEXT,
-    size INTEGER NOT NULL,
-    retry_count INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS recipients (
-    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
-    position INTEGER NOT NULL,
-    address TEXT NOT NULL,
-    params TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    retry_count INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    last_reply TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (message_id, position)
-);
-CREATE INDEX IF NOT EXISTS messages_next_attempt ON messages(next_attempt);
-"""
-
-
-@dataclass(slots=True)
-class SpooledRecipient:
-    address: str
-    params: dict[str, str | None]
-    metadata: dict[str, Any]
-    state: str = "active"  # active | deferred | held
-    reason: str = ""
-
-
-@dataclass(slots=True)
-class SpoolRecord:
-    """Everything delivery needs about one accepted message."""
-
-    id: str
-    server_id: str
-    received_at: float
-    sender: str
-    sender_params: dict[str, str | None]
-    client_ip: str
-    client_port: int
-    helo: str | None
-    tls: dict[str, Any] | None
-    auth: dict[str, Any] | None
-    metadata: dict[str, Any]
-    headers: bytes
-    body: bytes | None  # in memory, or None when ``body_file`` holds it
-    body_file: Path | None
-    body_fd: int | None
-    size: int
-    recipients: list[SpooledRecipient] = field(default_factory=list)
 
 
 class SpoolStore:
@@ -121,6 +74,7 @@ class SpoolStore:
         self._drain_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.committed = 0
+        self.events = EventSink()  # ``store.events.subscribe(callback)``: see spool/events.py
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -135,7 +89,11 @@ class SpoolStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self._fsync else 'OFF'}")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(SCHEMA)
+            try:
+                schema.migrate(db, self.path)
+            except BaseException:
+                db.close()
+                raise
             self._db = db
             self._remove_orphans()
             if self._fsync:
@@ -208,6 +166,8 @@ class SpoolStore:
                 for _, future in batch:
                     if not future.done():
                         future.set_result(None)
+                if self.events:  # committed and fsynced: now history may hear of it
+                    self.events.emit(MessageQueued(record) for record in records)
         finally:
             self._committing = False
 
@@ -225,14 +185,9 @@ class SpoolStore:
                 _fsync_directory(self.data_dir)
             db.execute("BEGIN IMMEDIATE")
             try:
+                db.executemany(_INSERT_MESSAGE, [_message_row(r, self.directory) for r in records])
                 db.executemany(
-                    "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,0,?)",
-                    [_message_row(r, self.directory) for r in records],
-                )
-                db.executemany(
-                    "INSERT INTO recipients (message_id, position, address, params, metadata,"
-                    " state, reason, next_attempt) VALUES (?,?,?,?,?,?,?,?)",
-                    [row for r in records for row in _recipient_rows(r)],
+                    _INSERT_RECIPIENT, [row for r in records for row in _recipient_rows(r)]
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -249,6 +204,145 @@ class SpoolStore:
             full = "full" in str(error).lower()
             reply = replies.SPOOL_FULL if full else replies.SPOOL_WRITE_FAILED
             raise SpoolError(reply, f"spool write failed: {error}") from error
+
+    # --- the queue manager's side: leases, recipient states, removal ------------------------
+    # Each runs in the commit thread as one IMMEDIATE transaction, then emits its event.
+
+    async def lease_due(
+        self, owner: str, *, now: float, duration: float, limit: int = 100
+    ) -> list[str]:
+        """Lease to ``owner``, until ``now + duration``, up to ``limit`` messages that have a
+        recipient due (active or deferred, next attempt at or before ``now``) and no live
+        lease. Atomic: stores racing on one shard never lease a message twice. Returns the
+        ids, oldest first. An expired lease (a crashed delivery) is taken over."""
+        parameters = {
+            "owner": owner,
+            "until": now + duration,
+            "now": now,
+            "limit": limit,
+            **{f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))},
+        }
+        rows = await self._run(lambda db: db.execute(_LEASE_DUE, parameters).fetchall())
+        return sorted(row[0] for row in rows)
+
+    async def renew_lease(
+        self, message_id: str, owner: str, *, now: float, duration: float
+    ) -> bool:
+        """Extend ``owner``'s lease on a message; False if ``owner`` no longer holds it."""
+        sql = "UPDATE messages SET lease_until = ? WHERE id = ? AND leased_by = ?"
+        cursor = await self._run(lambda db: db.execute(sql, (now + duration, message_id, owner)))
+        return cursor.rowcount == 1
+
+    async def release_lease(self, message_id: str, owner: str) -> bool:
+        """End ``owner``'s lease on a message; False if ``owner`` did not hold it."""
+        sql = (
+            "UPDATE messages SET leased_by = NULL, lease_until = NULL"
+            " WHERE id = ? AND leased_by = ?"
+        )
+        cursor = await self._run(lambda db: db.execute(sql, (message_id, owner)))
+        return cursor.rowcount == 1
+
+    async def set_recipient_state(
+        self,
+        message_id: str,
+        position: int,
+        state: RecipientState,
+        *,
+        reason: str = "",
+        next_attempt: float | None = None,
+        last_reply: str = "",
+        count_attempt: bool = False,
+    ) -> bool:
+        """Record what happened to one recipient (``position`` in RCPT order): its state, why,
+        the last reply, when to try again (kept if None) and, with ``count_attempt``, one
+        more retry. False if there is no such recipient."""
+        state = RecipientState(state)
+        values = (state.value, reason, int(count_attempt), next_attempt, last_reply)
+        rows = await self._run(
+            lambda db: db.execute(_SET_STATE, (*values, message_id, position)).fetchall()
+        )
+        if not rows:
+            return False
+        address, retry_count, when = rows[0]
+        self._emit(
+            RecipientStateChanged(
+                message_id, position, address, state, reason, retry_count, when, last_reply
+            )
+        )
+        return True
+
+    async def remove(self, message_id: str, reason: str) -> bool:
+        """Take a message out of the spool (all its recipients final, or an operator's
+        delete); its spill file goes after the commit (a crash in between leaves an orphan,
+        which the next start removes). False if it was not queued."""
+
+        def delete(db: sqlite3.Connection) -> tuple[bool, str | None]:
+            row = db.execute("SELECT body_file FROM messages WHERE id = ?", (message_id,))
+            found = row.fetchone()
+            if found is None:
+                return False, None
+            db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+            return True, found[0]
+
+        removed, body_file = await self._run(delete)
+        if body_file:
+            body_file_path(self.directory, body_file).unlink(missing_ok=True)
+        if removed:
+            self._emit(MessageRemoved(message_id, reason))
+        return removed
+
+    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Runs in the commit thread: ``work`` in one IMMEDIATE transaction."""
+        db = self._db
+        if db is None:
+            raise SpoolError(replies.SPOOL_WRITE_FAILED, "spool is closed")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise SpoolError(replies.SPOOL_WRITE_FAILED, f"{self.path}: {error}") from error
+        return result
+
+    def _emit(self, event: SpoolEvent) -> None:
+        if self.events:
+            self.events.emit((event,))
+
+
+# Due: a deliverable recipient whose next attempt has come (index recipients_due), of a
+# message no live lease holds. One UPDATE under the write lock: leasing is atomic.
+_LEASE_DUE = """
+UPDATE messages SET leased_by = :owner, lease_until = :until
+WHERE id IN (
+    SELECT m.id FROM messages AS m
+    WHERE (m.lease_until IS NULL OR m.lease_until <= :now)
+      AND m.id IN (
+          SELECT message_id FROM recipients
+          WHERE state IN (:s0, :s1) AND next_attempt <= :now
+      )
+    ORDER BY m.id
+    LIMIT :limit
+)
+RETURNING id
+"""
+
+_SET_STATE = """
+UPDATE recipients
+SET state = ?, reason = ?, retry_count = retry_count + ?,
+    next_attempt = coalesce(?, next_attempt), last_reply = ?
+WHERE message_id = ? AND position = ?
+RETURNING address, retry_count, next_attempt
+"""
 
 
 def _as_spool_error(error: Exception) -> SpoolError:
@@ -270,6 +364,18 @@ def _body_file_name(body_file: Path | None, spool_dir: Path) -> str | None:
         return str(body_file)
 
 
+# Named columns: a column added by a later schema version never shifts these values.
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, server_id, received_at, sender, sender_params, client_ip,"
+    " client_port, helo, tls, auth, metadata, headers, body, body_file, size, retry_count,"
+    " next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_RECIPIENT = (
+    "INSERT INTO recipients (message_id, position, address, params, metadata, state, reason,"
+    " retry_count, next_attempt, last_reply) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
+
 def _message_row(r: SpoolRecord, spool_dir: Path) -> tuple[Any, ...]:
     return (
         r.id,
@@ -287,7 +393,8 @@ def _message_row(r: SpoolRecord, spool_dir: Path) -> tuple[Any, ...]:
         r.body,
         _body_file_name(r.body_file, spool_dir),
         r.size,
-        r.received_at,
+        r.retry_count,
+        r.received_at if r.next_attempt is None else r.next_attempt,
     )
 
 
@@ -299,9 +406,11 @@ def _recipient_rows(r: SpoolRecord) -> list[tuple[Any, ...]]:
             rcpt.address,
             json.dumps(rcpt.params),
             json.dumps(rcpt.metadata, default=str),
-            rcpt.state,
+            rcpt.state.value,
             rcpt.reason,
-            r.received_at,
+            rcpt.retry_count,
+            r.received_at if rcpt.next_attempt is None else rcpt.next_attempt,
+            rcpt.last_reply,
         )
         for position, rcpt in enumerate(r.recipients)
     ]
