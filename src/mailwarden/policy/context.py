@@ -6,7 +6,6 @@ Which hook gets which of them, and what it may answer, is the registry in
 
 from __future__ import annotations
 
-import enum
 import io
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any, BinaryIO
 
 from mailwarden.auth.sasl import Credentials
 from mailwarden.policy.headers import Headers
+from mailwarden.spool.states import RecipientState  # one vocabulary with the spool
 
 # What the auth hook receives is what SASL produced (mailwarden.auth owns it; auth/ imports
 # nothing from policy/). Re-exported here, so scripts import every context from one module.
@@ -227,12 +227,6 @@ class Sender:
 
     address: str
     params: dict[str, str | None]
-
-
-class RecipientState(enum.StrEnum):
-    ACTIVE = "active"
-    HELD = "held"
-    DISCARDED = "discarded"
 
 
 @dataclass(slots=True)
