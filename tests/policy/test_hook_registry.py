@@ -112,7 +112,7 @@ def test_no_other_module_lists_the_hooks() -> None:
     # actions, replies, counters); everyone else reads it. The session calls hooks by spec.
     offenders = []
     for path in sorted((SOURCE / "policy").glob("*.py")) + sorted((SOURCE / "smtp").glob("*.py")):
-        # client.py is the outbound machine: its "helo"/"data" are SMTP commands it sends, not hooks.
+        # client.py is the outbound machine: its "helo", "data" are commands it sends, not hooks.
         if path.name in ("hooks.py", "client.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
