@@ -1,0 +1,10 @@
+"""The script library: what ``from mailwarden.lib import …`` gives a policy script.
+
+Each capability is a module of its own (``mailwarden.lib.NAME``), documented with an example in
+docs/library.md and tested against the real service it talks to. This package re-exports the
+names scripts use; it grows one import line per module.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
