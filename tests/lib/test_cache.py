@@ -211,3 +211,21 @@ def test_decorating_something_that_is_not_async_or_bad_bounds_is_refused() -> No
         cache(ttl=0, size=1)
     with pytest.raises(ValueError, match="size must be an integer >= 1"):
         cache(ttl=1, size=0)
+
+
+async def test_a_decorated_method_caches_per_instance() -> None:
+    service = Lookups()
+
+    class Resolver:
+        def __init__(self, zone: str) -> None:
+            self.zone = zone
+
+        @cache(ttl=60, size=10)
+        async def lookup(self, name: str) -> str:
+            return await service.answer(self.zone, name)
+
+    first, second = Resolver("a.example"), Resolver("b.example")
+    assert await first.lookup("x") == "answer1"
+    assert await first.lookup("x") == "answer1"
+    assert await second.lookup("x") == "answer2"
+    assert Resolver.lookup.stats() == CacheStats(hits=1, misses=2, size=2)

@@ -99,6 +99,13 @@ class CachedFunction(Generic[P, R]):
         # task's own result or exception.
         return await asyncio.shield(task)
 
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Decorating a method: bind it as a function would be, ``self`` becoming part of the
+        # key (so every instance has its own entries; instances must be hashable).
+        if instance is None:
+            return self
+        return functools.partial(self, instance)
+
     def _finished(self, key: Hashable, generation: int, task: asyncio.Task[R]) -> None:
         # Runs before any waiter resumes (done callbacks run in the order they were added and
         # shield() adds its own after this one), so a waiter's next call already hits.
