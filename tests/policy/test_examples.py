@@ -6,6 +6,8 @@ phase), with context objects built as the session builds them.
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from mailwarden.policy.context import (
 )
 from mailwarden.policy.headers import Headers
 from mailwarden.policy.runner import call_hook
-from mailwarden.policy.script import PolicyScript, load_script
+from mailwarden.policy.script import PolicyScript, ScriptError, load_script
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -154,6 +156,28 @@ async def test_denied_recipient_is_refused_and_others_accepted() -> None:
     assert isinstance(refused, Reject)
     assert wire(refused) == b"550 5.7.1 Recipient address rejected: access denied\r\n"
     assert await decide(script, "rcpt_to", conn, tx, Recipient("sales@example.com", {})) is None
+
+
+async def test_an_edited_list_file_takes_effect_without_a_reload(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "allow_deny_lists.py", tmp_path)
+    shutil.copytree(EXAMPLES / "lists", tmp_path / "lists")
+    script, conn = load_script(tmp_path / "allow_deny_lists.py"), connection()
+    tx, newcomer = transaction(), Recipient("newcomer@example.com", {})
+    assert await decide(script, "rcpt_to", conn, tx, newcomer) is None
+    with open(tmp_path / "lists" / "denied_recipients.txt", "a") as file:
+        file.write("newcomer@example.com\n")
+    await asyncio.sleep(1.1)  # the list checks its file at most once a second
+    refused = await decide(script, "rcpt_to", conn, tx, newcomer)
+    assert isinstance(refused, Reject)
+    assert wire(refused) == b"550 5.7.1 Recipient address rejected: access denied\r\n"
+
+
+def test_a_typo_in_a_list_file_fails_the_load_naming_file_and_line(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "allow_deny_lists.py", tmp_path)
+    shutil.copytree(EXAMPLES / "lists", tmp_path / "lists")
+    (tmp_path / "lists" / "denied_networks.txt").write_text("198.51.100.0/24\n203.0.113.300\n")
+    with pytest.raises(ScriptError, match=r"lists/denied_networks.txt:2: "):
+        load_script(tmp_path / "allow_deny_lists.py")
 
 
 # --- connection_limit.py ---------------------------------------------------------------------
