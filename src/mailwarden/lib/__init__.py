@@ -7,4 +7,6 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from mailwarden.lib import dlp
+
+__all__: list[str] = ["dlp"]
