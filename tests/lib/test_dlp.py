@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import quopri
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailwarden.lib import dlp
+from mailwarden.policy.actions import Reject
 from mailwarden.policy.context import Message, memory_body
 from mailwarden.policy.headers import Headers
 
@@ -49,9 +53,13 @@ def text_part(text: str, charset: str = "utf-8") -> bytes:
     ).encode() + _qp(text.encode(charset))
 
 
-def _qp(data: bytes) -> bytes:
-    import quopri
+def as_message(raw: bytes) -> Message:
+    """The object a data hook gets, for a message given as bytes."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return Message(Headers.parse(head + b"\r\n"), len(body), memory_body(body))
 
+
+def _qp(data: bytes) -> bytes:
     return quopri.encodestring(data).replace(b"\n", b"\r\n")
 
 
@@ -129,9 +137,10 @@ def test_missing_boundary_is_reported_not_raised() -> None:
 
 
 async def test_scan_reads_at_most_max_bytes_of_a_message() -> None:
-    body = mime(attachment(EXE, b'Content-Type: application/octet-stream; name="a.exe"'))
-    head, _, rest = body.partition(b"\r\n\r\n")
-    message = Message(Headers.parse(head + b"\r\n"), len(rest), memory_body(rest))
+    message = as_message(
+        mime(attachment(EXE, b'Content-Type: application/octet-stream; name="a.exe"'))
+    )
+    head = message.headers.to_bytes()
     whole = await dlp.scan(message)
     assert not whole.truncated
     assert whole.parts[0].sha256 == hashlib.sha256(EXE).hexdigest()
@@ -331,3 +340,46 @@ def assert_walk_ok(data: bytes) -> None:
     dlp.check(
         result, dlp.Rules(cards=True, type_mismatch=True, malformed=True, patterns={"a": "a"})
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("archive.zip", b"PK\x03\x04" + bytes(60)),
+        ("report.docx", b"PK\x03\x04" + bytes(60)),
+        ("photo.JPEG", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(60)),
+        ("backup.tgz", b"\x1f\x8b\x08" + bytes(60)),
+        ("notes.txt", b"plain words, nothing to sniff"),
+    ],
+)
+def test_files_that_fit_their_names_do_not_mismatch(name: str, content: bytes) -> None:
+    header = f'Content-Type: application/octet-stream; name="{name}"'.encode()
+    result = dlp.walk(mime(attachment(content, header)))
+    assert dlp.check(result, dlp.Rules(type_mismatch=True)) == []
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "library.md"
+
+
+async def test_the_documented_example_refuses_a_card_number(tmp_path: Path) -> None:
+    section = DOCS.read_text().split("## `dlp`", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    hash_file = tmp_path / "blocked.sha256"
+    hash_file.write_text(hashlib.sha256(EXE).hexdigest() + "\n")
+    namespace: dict[str, object] = {}
+    exec(code.replace("/etc/mailwarden/blocked.sha256", str(hash_file)), namespace)
+    data: Any = namespace["data"]
+
+    with pytest.raises(
+        Reject, match=re.escape("card number (Luhn) in part 1 (**** **** **** 1111)")
+    ):
+        await data(None, None, as_message(mime(text_part(f"card {CARD}"))))
+    assert await data(None, None, as_message(mime(text_part("nothing to see")))) is None
+
+
+async def test_large_message_is_walked_off_the_event_loop_with_the_same_result() -> None:
+    big = EXE + bytes(range(256)) * 2048  # 512 KiB: parsed and hashed in a thread
+    raw = mime(attachment(big, b'Content-Type: application/pdf; name="big.pdf"'))
+    result = await dlp.scan(as_message(raw))
+    assert [(p.size, p.sha256) for p in result] == [(len(big), hashlib.sha256(big).hexdigest())]
+    assert dlp.check(result, dlp.Rules(type_mismatch=True))[0].kind == "mismatch"

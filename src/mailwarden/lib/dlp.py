@@ -51,6 +51,8 @@ DEFAULT_MAX_PARTS = 1000
 """Parts reported at most; a message with more is reported with ``Scan.too_many_parts``."""
 _THREAD_THRESHOLD = 256 * 1024  # parsing and hashing more than this runs off the event loop
 _GENERIC_TYPES = frozenset({"", "application/octet-stream"})
+# mimetypes' encodings for names such as .tgz, and the extension puremagic sniffs for each.
+_COMPRESSED = {"gzip": "gz", "bzip2": "bz2", "xz": "xz", "compress": "z", "br": "br"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +84,7 @@ class Part:
     @property
     def extension(self) -> str | None:
         """The file name's last extension, lower-case and without the dot."""
-        if not self.filename:
-            return None
-        suffix = PurePosixPath(self.filename.replace("\\", "/")).suffix
-        return suffix[1:].lower() or None
+        return _extension(self.filename)
 
     def text(self) -> str | None:
         """The decoded content of a text/* part as text (its charset, else UTF-8; undecodable
@@ -237,8 +236,8 @@ def _describe(node: EmailMessage, path: str, problems: list[str]) -> Part:
     content, decode_problem = _decode(node)
     if decode_problem:
         problems.append(decode_problem)
-    sniffed = _sniff(content)
     filename = _filename(node, problems)
+    sniffed = _sniff(content, _extension(filename))
     return Part(
         path=path,
         filename=filename,
@@ -289,6 +288,13 @@ def _filename(node: EmailMessage, problems: list[str]) -> str | None:
     return str(name) if name is not None else None
 
 
+def _extension(filename: str | None) -> str | None:
+    if not filename:
+        return None
+    suffix = PurePosixPath(filename.replace("\\", "/")).suffix
+    return suffix[1:].lower() or None
+
+
 def _raw_payload(node: EmailMessage) -> bytes:
     # The undecoded payload as received: ``get_payload(decode=False)`` would hand back octets
     # that are not ASCII already replaced by U+FFFD, so the stored payload is read directly.
@@ -323,7 +329,8 @@ def _decode_base64(raw: bytes) -> tuple[bytes, str | None]:
         pass
     # RFC 2045 §6.8: characters outside the alphabet are to be ignored; padding may be missing.
     cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", compact)
-    cleaned = cleaned[: len(cleaned) - len(cleaned) % 4 if len(cleaned) % 4 == 1 else None]
+    if len(cleaned) % 4 == 1:  # a lone trailing character carries no whole octet
+        cleaned = cleaned[:-1]
     cleaned += b"=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned), "bad base64"
@@ -331,20 +338,27 @@ def _decode_base64(raw: bytes) -> tuple[bytes, str | None]:
         return raw, "bad base64"
 
 
-def _sniff(content: bytes) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+def _sniff(
+    content: bytes, extension: str | None
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
     """puremagic's view of the content: the most likely specific MIME type, and every
-    extension and type the content's signatures fit."""
+    extension and type the content's signatures fit. Signatures are often shared (a .docx is
+    a zip), so a candidate fitting the file name's ``extension`` is preferred."""
     if not content:
         return None, (), ()
     try:
         matches = puremagic.magic_string(content)
-    except (puremagic.PureError, ValueError):
-        return None, (), ()
-    except Exception:  # a library corner case must not hide the part
+    except Exception:  # PureError (unknown), ValueError, or a library corner case
         return None, (), ()
     extensions = tuple(dict.fromkeys(m.extension.lstrip(".").lower() for m in matches))
     types = tuple(dict.fromkeys(m.mime_type.lower() for m in matches if m.mime_type))
-    specific = [t for t in types if t not in _GENERIC_TYPES]
+    fitting = [
+        m.mime_type.lower()
+        for m in matches
+        if m.extension.lstrip(".").lower() == extension
+        and m.mime_type.lower() not in _GENERIC_TYPES
+    ]
+    specific = fitting or [t for t in types if t not in _GENERIC_TYPES]
     best = specific[0] if specific else (types[0] if types else None)
     return best, extensions, types
 
@@ -569,9 +583,11 @@ def _mismatch(part: Part) -> str | None:
     if part.extension:
         if part.extension in part.sniffed_extensions:
             return None
-        guessed = mimetypes.guess_type(f"x.{part.extension}", strict=False)[0]
+        guessed, compression = mimetypes.guess_type(f"x.{part.extension}", strict=False)
         if guessed and guessed.lower() in part.sniffed_types:
             return None
+        if compression and _COMPRESSED.get(compression) in part.sniffed_extensions:
+            return None  # .tgz: a tar file, gzip-compressed
         return f"named {part.filename!r} but the content is {_sniffed_name(part)}"
     declared = part.declared_type
     if declared in _GENERIC_TYPES or declared.startswith("text/") or declared in part.sniffed_types:
