@@ -7,4 +7,7 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
+from mailwarden.lib import dns
+
 __all__: list[str] = []
+__all__ += ["dns"]
