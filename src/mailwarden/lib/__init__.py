@@ -7,7 +7,8 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import dns
+from mailwarden.lib import dns, spf
 
 __all__: list[str] = []
 __all__ += ["dns"]
+__all__ += ["spf"]
