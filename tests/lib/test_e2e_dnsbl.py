@@ -4,11 +4,12 @@ from 127.0.0.x source addresses, some of them listed in the loopback zone."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.server.conftest import RawClient, write_script
+from tests.server.conftest import RawClient, wait_for_log, write_script
 from tests.support.dns_server import DnsServer, silent_server
 from tests.support.node import Node, free_port, node_process, write_config
 
@@ -62,3 +63,12 @@ def test_unanswered_dnsbl_lookup_defers(tmp_path: Path) -> None:
         assert first_reply(node.port, "127.0.0.2").startswith(
             "421 4.4.3 DNSBL lookup failed, try again later"
         )
+
+
+def test_reload_points_the_library_at_new_dns_servers(tmp_path: Path, nsd: DnsServer) -> None:
+    with silent_server() as address, dns_node(tmp_path, address, 0.5) as node:
+        assert first_reply(node.port, "127.0.0.2").startswith("421 ")
+        node.config_path.write_text(node.config_path.read_text().replace(address, nsd.address))
+        node.signal(signal.SIGHUP)
+        wait_for_log(node, "configuration and scripts reloaded")
+        assert first_reply(node.port, "127.0.0.2").startswith("554 5.7.1 127.0.0.2 listed")
