@@ -113,6 +113,7 @@ _R = TypeVar("_R", bound=dns.resolver.BaseResolver)
 
 _settings = _Settings()
 _resolver: dns.asyncresolver.Resolver | None = None
+_sync_resolver: dns.resolver.Resolver | None = None
 
 
 def parse_server(text: str) -> tuple[str, int]:
@@ -135,10 +136,10 @@ def configure(server_list: Iterable[str] = (), timeout: float = DEFAULT_TIMEOUT)
     parsed = tuple(parse_server(text) for text in server_list)
     if not timeout > 0:
         raise ValueError(f"the DNS timeout must be positive, got {timeout!r}")
-    global _settings, _resolver
+    global _settings, _resolver, _sync_resolver
     new = _Settings(parsed, float(timeout))
     if new != _settings:
-        _settings, _resolver = new, None
+        _settings, _resolver, _sync_resolver = new, None, None
 
 
 def servers() -> list[str]:
@@ -152,8 +153,13 @@ def timeout() -> float:
 
 
 def make_sync_resolver() -> dns.resolver.Resolver:
-    """A blocking resolver with the configured servers (for libraries that need one)."""
-    return _build(dns.resolver.Resolver)
+    """A blocking resolver with the configured servers (for libraries that need one, such as
+    pyspf in its thread); one per configuration, shared, as it keeps no per-query state."""
+    global _sync_resolver
+    resolver = _sync_resolver
+    if resolver is None:
+        resolver = _sync_resolver = _build(dns.resolver.Resolver)
+    return resolver
 
 
 def _build(kind: type[_R]) -> _R:
