@@ -81,6 +81,12 @@ async def test_a_silent_server_times_out_within_the_callers_timeout(nsd: DnsServ
             await dns.dnsbl("127.0.0.2", "bl.test")
 
 
+async def test_a_silent_first_server_leaves_time_for_the_next(nsd: DnsServer) -> None:
+    with silent_server() as address:
+        dns.configure([address, nsd.address], timeout=4.0)
+        assert sorted(await dns.a("www.example.test")) == ["192.0.2.11", "192.0.2.12"]
+
+
 async def test_dnsbl_ipv4_codes_and_reason() -> None:
     listed = await dns.dnsbl("127.0.0.2", "bl.test")
     assert listed == DnsblResult(

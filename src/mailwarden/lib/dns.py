@@ -169,8 +169,9 @@ def _build(kind: type[_R]) -> _R:
         resolver = kind(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in _settings.servers]
     resolver.lifetime = _settings.timeout
-    # One try per server and round: a silent server must not eat the whole lifetime twice.
-    resolver.timeout = _settings.timeout
+    # Each server gets an equal share of the lookup's time before the next one is asked, so
+    # that a silent first server leaves time for the second (dnspython's per-try timeout).
+    resolver.timeout = _settings.timeout / max(1, len(resolver.nameservers))
     return resolver
 
 
