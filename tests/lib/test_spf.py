@@ -72,3 +72,15 @@ async def test_ipv6_client_against_ip4_only_policy_fails() -> None:
     assert (await spf.check("2001:db8::5", "a@spf.test", "x.test")).result == "fail"
     with pytest.raises(ValueError):
         await spf.check("not-an-ip", "a@spf.test", "x.test")
+
+
+async def test_malformed_domains_are_none_without_dns() -> None:
+    # RFC 7208 §4.3; with a DNS server that never answers, a lookup would be temperror.
+    with silent_server() as address:
+        dns.configure([address], timeout=0.5)
+        literal = await spf.check("192.0.2.1", "a@[192.0.2.1]", "x.test")
+        assert literal == SpfResult(
+            "none", "no SPF record for a malformed domain", "mailfrom", "[192.0.2.1]"
+        )
+        assert (await spf.check("192.0.2.1", "", "localhost")).result == "none"
+        assert (await spf.check("192.0.2.1", "", "")).result == "none"

@@ -18,6 +18,7 @@ import dns.exception
 import dns.resolver
 import spf as pyspf
 
+from mailwarden.config.listen import is_hostname
 from mailwarden.lib import dns as lib_dns
 
 __all__ = ["LOOKUP_LIMIT_SECONDS", "SpfResult", "check"]
@@ -92,4 +93,10 @@ async def check(
 
     Raises ValueError if ``ip`` is not an IP address."""
     ip = str(ipaddress.ip_address(ip))
+    identity: Literal["mailfrom", "helo"] = "mailfrom" if sender else "helo"
+    domain = sender.rpartition("@")[2] if sender else helo
+    if not is_hostname(domain) or "." not in domain.strip("."):
+        # RFC 7208 §4.3: a malformed or single-label domain (an address literal, a bare
+        # host name) has no SPF record to look up: "none", without asking DNS.
+        return SpfResult("none", "no SPF record for a malformed domain", identity, domain)
     return await asyncio.to_thread(_evaluate, ip, sender, helo, limit)
