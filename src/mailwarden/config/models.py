@@ -161,6 +161,20 @@ def _check_account_name(value: str) -> str:
     return value
 
 
+def _check_dns_server(value: str) -> str:
+    # A resolver is reached by address: naming it by host name would need a resolver first.
+    try:
+        host, port = parse_listen_address(value)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise _invalid(
+            f"expected a DNS server as 'ip:port', as in '127.0.0.1:53' or '[::1]:53', got {value!r}"
+        ) from None
+    if port == 0:
+        raise _invalid(f"expected a DNS server port from 1 to 65535, got {value!r}")
+    return value
+
+
 # -- defaults -------------------------------------------------------------------------------
 
 
@@ -225,6 +239,17 @@ class NodeSettings(BaseModel):
     )
     group: Annotated[str, AfterValidator(_check_account_name)] | None = Field(
         None, description="Group the node serves as; default: node.user's primary group."
+    )
+    dns_servers: list[Annotated[str, AfterValidator(_check_dns_server)]] = Field(
+        default_factory=list,
+        description="DNS servers of the script library ('ip:port'); empty: /etc/resolv.conf.",
+    )
+    dns_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds a script library DNS lookup may take before it fails (4xx).",
     )
 
     @property

@@ -7,8 +7,8 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import dlp, lists
+from mailwarden.lib import dlp, dns, lists, spf
 from mailwarden.lib.cache import cache
 from mailwarden.lib.lists import load_list
 
-__all__: list[str] = ["cache", "dlp", "lists", "load_list"]
+__all__: list[str] = ["cache", "dlp", "dns", "lists", "load_list", "spf"]

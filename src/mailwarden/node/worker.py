@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mailwarden import logs, stats
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
+from mailwarden.lib import dns as lib_dns
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, SupervisorLink
 from mailwarden.node.listeners import bind_listeners
@@ -84,6 +85,7 @@ class Worker:
                 self.link.arm_parent_death_signal()
             check_writable(config, self.index)
             spool = _open_spool(config, self.index)
+            _configure_library(config)
             try:
                 scripts = load_scripts(config)
             except ScriptError as error:
@@ -239,7 +241,13 @@ class Worker:
         for key in restart_only_changes(self.started_config, config):
             log.warning("reload: %s changes only at restart", key)
         logging.getLogger().setLevel(getattr(logging, config.node.log_level.upper()))
+        _configure_library(config)
         self.config = config  # shutdown_grace, hostname, log_level, memory_threshold apply now
+
+
+def _configure_library(config: Config) -> None:
+    """Point the script library's resolver at [node] dns_servers (validated by the config)."""
+    lib_dns.configure(config.node.dns_servers, config.node.dns_timeout)
 
 
 def _open_spool(config: Config, index: int) -> SpoolStore:
