@@ -36,11 +36,16 @@ async def test_two_stores_racing_never_lease_a_message_twice(tmp_path: Path) -> 
                 taken += batch
             return taken
 
-        a, b = await asyncio.gather(take_all(first, "a"), take_all(second, "b"))
+        # One batch each first, so both certainly hold some (SQLite's busy handler sleeps, and
+        # a store that keeps winning the lock could otherwise take everything), then race.
+        a = await first.lease_due("a", now=NOW, duration=300, limit=7)
+        b = await second.lease_due("b", now=NOW, duration=300, limit=7)
+        rest_a, rest_b = await asyncio.gather(take_all(first, "a"), take_all(second, "b"))
+        a, b = a + rest_a, b + rest_b
     finally:
         first.close()
         second.close()
-    assert a and b, "both stores got some: they really raced"
+    assert len(a) >= 7 and len(b) >= 7
     assert not set(a) & set(b)
     assert sorted(a + b) == [f"m{i:04d}" for i in range(300)]
     owners = {m.id: m.leased_by for m in reader.iter_messages(spool)}
