@@ -7,8 +7,8 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import dlp, dns, lists, spf
+from mailwarden.lib import dkim, dlp, dns, lists, spf
 from mailwarden.lib.cache import cache
 from mailwarden.lib.lists import load_list
 
-__all__: list[str] = ["cache", "dlp", "dns", "lists", "load_list", "spf"]
+__all__: list[str] = ["cache", "dkim", "dlp", "dns", "lists", "load_list", "spf"]
