@@ -234,3 +234,13 @@ async def test_bad_options_are_refused(configured: Keys) -> None:
         )
     with pytest.raises(ValueError, match="PEM private key"):
         await dkim.sign(message(), domain="sign.test", selector="rsa", key=b"-----BEGIN junk")
+
+
+async def test_unparseable_header_section_is_permerror_not_an_exception(configured: Keys) -> None:
+    msg = message()
+    await dkim.sign(msg, domain="sign.test", selector="rsa", key=configured.rsa_pem)
+    raw = await msg.raw()
+    broken = raw.replace(b"To: ", b"no colon on this line\r\nTo: ", 1)
+    [result] = await dkim.verify(broken)
+    assert result.result == "permerror" and "not parseable" in result.reason
+    assert await dkim.verify(HEADER + b"no colon here\r\n\r\n" + BODY) == []

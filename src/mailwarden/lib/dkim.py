@@ -318,7 +318,14 @@ async def verify(message: Message | bytes) -> list[DkimResult]:
     ``temperror``, a key that is not published ``permerror``, a malformed signature field
     ``neutral``, a signature that does not verify or has expired ``fail``."""
     raw = message if isinstance(message, bytes) else await message.raw()
-    headers = dkimpy.DKIM(raw).headers
+    try:
+        headers = dkimpy.DKIM(raw).headers
+    except dkimpy.DKIMException as error:
+        # A header section dkimpy cannot split (a line that is no field): no signature in it
+        # can be checked (RFC 8601 §2.7.1 permerror), and if there is none, there is none.
+        if b"dkim-signature:" not in raw.lower():
+            return []
+        return [DkimResult("permerror", "", "", "", f"message not parseable: {error}")]
     values = [value for name, value in headers if name.lower() == b"dkim-signature"]
     now = time.time()
     return list(await asyncio.gather(*(_verify_one(raw, i, v, now) for i, v in enumerate(values))))
