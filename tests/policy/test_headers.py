@@ -171,3 +171,20 @@ def test_invalid_field_names_raise(name: str) -> None:
     with pytest.raises(ValueError, match="invalid header field name"):
         headers.set(name, "value")
     assert headers.to_bytes() == BLOCK
+
+
+def test_add_folded_keeps_the_bytes_and_refuses_injection() -> None:
+    headers = Headers.parse(b"From: a@example.org\r\n")
+    signature = b"DKIM-Signature: v=1; a=rsa-sha256;\r\n\td=example.org; s=sel;\r\n b=abc"
+    headers.add_folded(signature)
+    assert headers.to_bytes() == signature + b"\r\nFrom: a@example.org\r\n"
+    assert headers.get("DKIM-Signature") == "v=1; a=rsa-sha256;\td=example.org; s=sel; b=abc"
+    for bad in (
+        b"X-A: one\r\nX-Injected: two",  # a second field, not a continuation
+        b"X-A: one\nbare",  # a bare LF
+        b"Bad Name: x",
+        b"no colon",
+    ):
+        with pytest.raises(ValueError):
+            headers.add_folded(bad)
+    assert len(headers) == 2

@@ -227,10 +227,8 @@ async def sign(
     if not field.endswith(b"\r\n"):
         field += b"\r\n"
     # The field is added as dkimpy folded it, byte for byte: with simple header
-    # canonicalisation (RFC 6376 §3.4.1) refolding it would break it, and Headers.add takes
-    # one unfolded line only.
-    message.headers._fields.insert(0, ("DKIM-Signature", field))
-    message.headers.modified = True
+    # canonicalisation (RFC 6376 §3.4.1) refolding it would break it.
+    message.headers.add_folded(field)
     return field.decode("ascii").rstrip("\r\n")
 
 

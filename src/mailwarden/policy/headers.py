@@ -68,6 +68,25 @@ class Headers:
             self._fields.append(field)
         self.modified = True
 
+    def add_folded(self, field: bytes) -> None:
+        """Add a whole field already folded by its author, byte for byte, at the top: for
+        signatures (DKIM, ARC) whose ``simple`` canonicalisation (RFC 6376 §3.4.1) a refold
+        would break. Raises ValueError unless ``field`` is one field: ``Name:`` and lines that
+        each continue with a space or tab (RFC 5322 §2.2.3), ending in CRLF."""
+        if not field.endswith(b"\r\n"):
+            field += b"\r\n"
+        name, colon, rest = field.partition(b":")
+        text_name = name.decode("ascii", "replace")
+        if not colon or not _FIELD_NAME.fullmatch(text_name):
+            raise ValueError(f"invalid header field name {text_name!r}")
+        lines = rest[:-2].split(b"\r\n")
+        if any(b"\r" in line or b"\n" in line for line in lines) or any(
+            line[:1] not in (b" ", b"\t") for line in lines[1:]
+        ):
+            raise ValueError("a folded field continues each line with a space or tab")
+        self._fields.insert(0, (text_name, field))
+        self.modified = True
+
     def set(self, name: str, value: str) -> None:
         """Replace the first ``name`` field in place and delete the others; add it if absent."""
         lname = name.lower()
