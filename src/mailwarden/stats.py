@@ -44,6 +44,10 @@ class Counters:
 
 counters = Counters()
 
+# The script counters of mailwarden.lib.stat: {name: {legend: value}}, published beside the
+# built-in ones. Owned here so that publishing needs no import of the script library.
+script_counters: dict[str, dict[str, int]] = {}
+
 
 def stats_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "stats"
@@ -55,22 +59,52 @@ def publish(data_dir: Path, worker: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     document = {"worker": worker, "pid": os.getpid(), "updated": time.time()}
     document["counters"] = counters.as_dict()
+    document["script"] = script_counters
     temporary = directory / f".worker-{worker}.json.tmp"
     temporary.write_text(json.dumps(document))
     temporary.replace(directory / f"worker-{worker}.json")
 
 
+def _documents(data_dir: Path) -> list[dict]:
+    """Every worker's published document that could be read whole."""
+    directory = stats_dir(data_dir)
+    if not directory.is_dir():
+        return []
+    documents = []
+    for path in sorted(directory.glob("worker-*.json")):
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a worker that never finished writing: skip it rather than fail
+        if isinstance(document, dict):
+            documents.append(document)
+    return documents
+
+
 def collect(data_dir: Path) -> dict[str, int]:
     """The sum of every worker's published counters (zeros when none were published)."""
     total = dict.fromkeys((f.name for f in fields(Counters)), 0)
-    directory = stats_dir(data_dir)
-    if not directory.is_dir():
-        return total
-    for path in sorted(directory.glob("worker-*.json")):
-        try:
-            published = json.loads(path.read_text())["counters"]
-        except (OSError, ValueError, KeyError):
-            continue  # a worker that never finished writing: skip it rather than fail
+    for document in _documents(data_dir):
+        published = document.get("counters")
+        if not isinstance(published, dict):
+            continue
         for name in total:
             total[name] += int(published.get(name, 0))
     return total
+
+
+def collect_script(data_dir: Path) -> dict[str, dict[str, int]]:
+    """The sum of every worker's script counters, ``{name: {legend: value}}``, sorted by name
+    and legend (empty when no script called ``stat()``)."""
+    total: dict[str, dict[str, int]] = {}
+    for document in _documents(data_dir):
+        published = document.get("script")
+        if not isinstance(published, dict):
+            continue  # a file written before script counters existed
+        for name, legends in published.items():
+            if not isinstance(legends, dict):
+                continue
+            into = total.setdefault(str(name), {})
+            for legend, value in legends.items():
+                into[str(legend)] = into.get(str(legend), 0) + int(value)
+    return {name: dict(sorted(total[name].items())) for name in sorted(total)}

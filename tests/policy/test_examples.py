@@ -7,17 +7,27 @@ phase), with context objects built as the session builds them.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import smtplib
+import ssl
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
+from tests.support.node import running_node
 
+from mailwarden import stats
+from mailwarden.lib.stat import snapshot
 from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
 from mailwarden.policy.context import (
     AuthIdentity,
     Connection,
     Credentials,
+    Helo,
     Message,
     Recipient,
     RecipientState,
@@ -38,6 +48,7 @@ EXPECTED_HOOKS = {
     "header_stamping.py": {"data"},
     "routing_metadata.py": {"rcpt_to", "data"},
     "auth_users.py": {"auth"},
+    "count_client_certificates.py": {"helo"},
 }
 
 _connection_numbers = iter(range(1, 1_000_000))
@@ -414,3 +425,65 @@ def test_password_hashes_are_salted(auth_script: PolicyScript) -> None:
     assert module.password_matches("same password", first)
     assert module.password_matches("same password", second)
     assert "same password" not in first
+
+
+# --- count_client_certificates.py ------------------------------------------------------------
+
+
+@pytest.fixture
+def empty_script_counters() -> Iterator[None]:
+    saved = dict(stats.script_counters)
+    stats.script_counters.clear()
+    yield
+    stats.script_counters.clear()
+    stats.script_counters.update(saved)
+
+
+@pytest.mark.usefixtures("empty_script_counters")
+async def test_each_tls_connection_counts_once_under_yes_or_no() -> None:
+    script = load("count_client_certificates.py")
+    ehlo = Helo("client.example.net", extended=True)
+    plain = connection()
+    assert await decide(script, "helo", plain, ehlo) is None  # before STARTTLS: not counted
+    without = connection(tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256))
+    with_cert = connection(
+        tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, "commonName=client.example.net")
+    )
+    for conn in (without, with_cert, without):  # a second EHLO on one connection counts once
+        assert await decide(script, "helo", conn, ehlo) is None
+    assert snapshot() == {"peer-cert": {"yes": 1, "no": 1}}
+
+
+def test_a_starttls_client_without_a_certificate_counts_no(tmp_path: Path) -> None:
+    # A real node with a trustme certificate; two STARTTLS clients and one plain one.
+    ca = trustme.CA()
+    cert = ca.issue_cert("mx.test.example", "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    shutil.copy(EXAMPLES / "count_client_certificates.py", tmp_path)
+    server = (
+        'script = "count_client_certificates.py"\n'
+        'tls_certificate = "cert.pem"\ntls_key = "key.pem"\n'
+    )
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with running_node(tmp_path, server=server) as node:
+        for starttls in (True, True, False):
+            with smtplib.SMTP("127.0.0.1", node.port, timeout=10) as client:
+                client.ehlo("client.example.net")
+                if starttls:
+                    assert client.starttls(context=context)[0] == 220
+                    client.ehlo("client.example.net")
+                    client.ehlo("client.example.net")  # once more: still one count
+                client.noop()
+
+        def script_counters() -> dict[str, Any]:
+            result = node.mailwarden("stats", "--json")
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)["script"]
+
+        expected = {"peer-cert": {"no": 2, "yes": 0}}
+        deadline = time.monotonic() + 15  # workers publish every 2 s
+        while script_counters() != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert script_counters() == expected

@@ -157,27 +157,46 @@ def stats_command(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
-    """Counters summed over the node's workers (connections, messages, script errors, …),
-    counted since each worker started and published every few seconds."""
-    from mailwarden.stats import collect, stats_dir
+    """Counters summed over the node's workers (connections, messages, script errors, …, and
+    the scripts' own stat() counters), counted since each worker started and published every
+    few seconds."""
+    from mailwarden.stats import collect, collect_script, stats_dir
 
     settings = _load(config)
     data_dir = Path(settings.node.data_dir)
     totals = collect(data_dir)
+    script = collect_script(data_dir)
     published = any(stats_dir(data_dir).glob("worker-*.json"))
     note = f"no statistics published in {stats_dir(data_dir)} (is the node running?)"
     if as_json:
-        json.dump(totals, sys.stdout, indent=2)
+        json.dump({**totals, "script": script}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         if not published:
             err.print(note, highlight=False, markup=False)
         return
+    console = Console()
     table = Table("counter", "value")
     for name, value in totals.items():
         table.add_row(name, str(value))
-    Console().print(table)
+    console.print(table)
+    if script:
+        console.print(_script_stats_table(script))
     if not published:
         typer.echo(note)
+
+
+def _script_stats_table(script: dict[str, dict[str, int]]) -> Table:
+    """The scripts' stat() counters, one row per legend. The table takes the terminal's width
+    (80 columns when not a terminal); a long name or legend (up to 64 characters, see
+    mailwarden.lib.stat) folds onto more lines rather than being cut."""
+    table = Table(title="script counters (stat)")
+    table.add_column("name", overflow="fold")
+    table.add_column("legend", overflow="fold")
+    table.add_column("value", justify="right", no_wrap=True)
+    for name, legends in script.items():
+        for legend, value in legends.items():
+            table.add_row(Text(name), Text(legend), Text(str(value)))
+    return table
 
 
 # --- the queue ------------------------------------------------------------------------------

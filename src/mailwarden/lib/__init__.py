@@ -10,5 +10,6 @@ from __future__ import annotations
 from mailwarden.lib import dkim, dlp, dns, lists, spf
 from mailwarden.lib.cache import cache
 from mailwarden.lib.lists import load_list
+from mailwarden.lib.stat import stat
 
-__all__: list[str] = ["cache", "dkim", "dlp", "dns", "lists", "load_list", "spf"]
+__all__: list[str] = ["cache", "dkim", "dlp", "dns", "lists", "load_list", "spf", "stat"]
