@@ -9,38 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.spool.spool_support import record as spool_record
 
 from mailwarden.smtp import replies
 from mailwarden.spool import reader
 from mailwarden.spool.errors import SpoolError
-from mailwarden.spool.store import SpooledRecipient, SpoolRecord, SpoolStore
+from mailwarden.spool.store import SpoolRecord, SpoolStore
 
 # Only stops a hanging commit from hanging the suite; a working store answers in milliseconds.
 HANG_GUARD = 30.0
 
 
 def record(message_id: str, metadata: dict[str, Any]) -> SpoolRecord:
-    headers = f"Message-ID: <{message_id}@client.test>\r\n\r\n".encode()
-    body = b"hello\r\n"
-    return SpoolRecord(
-        id=message_id,
-        server_id="inbound",
-        received_at=1700000000.0,
-        sender="sender@client.test",
-        sender_params={},
-        client_ip="127.0.0.1",
-        client_port=40000,
-        helo="client.test",
-        tls=None,
-        auth=None,
-        metadata=metadata,
-        headers=headers,
-        body=body,
-        body_file=None,
-        body_fd=None,
-        size=len(headers) + len(body),
-        recipients=[SpooledRecipient("user@example.org", {}, {})],
-    )
+    return spool_record(message_id, "user@example.org", metadata=metadata)
 
 
 def unencodable_metadata() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
 from mailwarden.spool.schema import SCHEMA_V1
@@ -16,7 +17,12 @@ from mailwarden.spool.store import SpoolStore
 RECEIVED = 1700000000.0
 
 
-def record(message_id: str, *recipients: str, received_at: float = RECEIVED) -> SpoolRecord:
+def record(
+    message_id: str,
+    *recipients: str,
+    received_at: float = RECEIVED,
+    metadata: dict[str, Any] | None = None,
+) -> SpoolRecord:
     headers = f"Message-ID: <{message_id}@client.test>\r\n\r\n".encode()
     body = b"hello\r\n"
     return SpoolRecord(
@@ -30,7 +36,7 @@ def record(message_id: str, *recipients: str, received_at: float = RECEIVED) -> 
         helo="client.test",
         tls=None,
         auth=None,
-        metadata={"n": message_id},
+        metadata={"n": message_id} if metadata is None else metadata,
         headers=headers,
         body=body,
         body_file=None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import socketserver
 import subprocess
@@ -218,3 +219,22 @@ MS = re.compile(r"(?<![-\d.])\d+\.\d\d(?![\d.])")
 def normalise(text: str) -> str:
     """Replace every timing with N.NN so two runs compare byte for byte."""
     return MS.sub("N.NN", text)
+
+
+def interrupt_during_wait(command: list[str]) -> str:
+    """Run smtpping ``command`` (one that waits 60 s after its first ping: ``-w 60000``), send
+    SIGINT once the first ping is printed, and return the rest of its output after checking it
+    exited 0 (a Ctrl-C during the wait ends the run with its statistics, as 1.1 does)."""
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("PING ")
+    assert process.stdout.readline().startswith("seq=1, connect=")
+    process.send_signal(signal.SIGINT)  # arrives during the 60 s wait
+    rest = process.stdout.read()
+    assert process.wait(timeout=30) == 0
+    return rest

@@ -8,10 +8,9 @@ import json
 import os
 import pty
 import re
-import signal
 import subprocess
 
-from tests.support.smtpping import ScriptedSMTPServer, run_smtpping
+from tests.support.smtpping import ScriptedSMTPServer, interrupt_during_wait, run_smtpping
 
 
 def target(server: ScriptedSMTPServer) -> tuple[str, ...]:
@@ -97,18 +96,7 @@ def test_processes_share_the_workers(ours: list[str], scripted_smtp: ScriptedSMT
 def test_ctrl_c_lets_the_ping_finish_and_prints_statistics(
     ours: list[str], scripted_smtp: ScriptedSMTPServer
 ) -> None:
-    process = subprocess.Popen(
-        [*ours, "-w", "60000", "-s", "0", *target(scripted_smtp)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("PING ")
-    assert process.stdout.readline().startswith("seq=1, connect=")
-    process.send_signal(signal.SIGINT)  # arrives during the 60 s wait
-    rest = process.stdout.read()
-    assert process.wait(timeout=30) == 0
+    rest = interrupt_during_wait([*ours, "-w", "60000", "-s", "0", *target(scripted_smtp)])
     assert "1 e-mail messages transmitted" in rest
 
 

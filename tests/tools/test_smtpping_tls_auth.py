@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +11,7 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from tests.support.smtpping import run_smtpping
+from tests.support.smtpping import interrupt_during_wait, run_smtpping
 
 
 class Recorder:
@@ -185,18 +182,7 @@ def test_unreadable_client_certificate_stops_before_connecting(ours: list[str]) 
 def test_ctrl_c_during_a_wait_ends_a_starttls_run(ours: list[str], starttls_server) -> None:
     controller, recorder = starttls_server
     target = ("u@example.test", "@127.0.0.1", "-p", port_of(controller))
-    process = subprocess.Popen(
-        [*ours, "--starttls", "-w", "60000", "-s", "0", *target],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "SMTPPING_NAMESERVER": "127.0.0.1:9"},
-    )
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("PING ")
-    assert process.stdout.readline().startswith("seq=1, connect=")
-    process.send_signal(signal.SIGINT)  # arrives during the 60 s wait
-    rest = process.stdout.read()
-    assert process.wait(timeout=30) == 0
+    rest = interrupt_during_wait([*ours, "--starttls", "-w", "60000", "-s", "0", *target])
     assert "1 e-mail messages transmitted" in rest
     assert len(recorder.envelopes) == 1
 
