@@ -8,13 +8,12 @@ machine needs data, and applies the machine's own RFC 5321 §4.5.3.2 timeout, ca
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.node import free_port, running_node, wait_for_port
+from tests.support.node import running_node
+from tests.support.sink import smtp_sink as start_sink
 
 from mailwarden.smtp.client import (
     NEED_DATA,
@@ -90,28 +89,14 @@ def codes(done: TransactionDone) -> dict[str, int]:
 
 @pytest.fixture
 def smtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    yield from _sink(tmp_path, [])
+    with start_sink(tmp_path) as sink:
+        yield sink.port, sink.dumps
 
 
 @pytest.fixture
 def lmtp_sink(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    yield from _sink(tmp_path, ["-L"])
-
-
-def _sink(tmp_path: Path, flags: list[str]) -> Iterator[tuple[int, Path]]:
-    """smtp-sink on a free loopback port, dumping each transaction into ``dumps/``."""
-    port = free_port()
-    dumps = tmp_path / "dumps"
-    dumps.mkdir()
-    user = ["-u", "root"] if os.geteuid() == 0 else []
-    command = [SMTP_SINK, *user, *flags, "-d", f"{dumps}/%H%M%S.", f"127.0.0.1:{port}", "10"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_for_port(port, process=process)
-        yield port, dumps
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with start_sink(tmp_path, "-L") as sink:
+        yield sink.port, sink.dumps
 
 
 def test_several_pipelined_messages_over_one_connection_to_smtp_sink(smtp_sink) -> None:
