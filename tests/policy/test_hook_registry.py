@@ -123,8 +123,15 @@ def test_no_other_module_lists_the_hooks() -> None:
     assert not re.search(r"_hook\(\s*\"", session), "the session names a hook by string"
 
 
-def test_registry_has_a_stage_for_delivery_hooks() -> None:
-    # pre_delivery / post_delivery will join as Stage.DELIVERY entries without a client reply.
-    assert {spec.stage for spec in HOOKS.values()} == {Stage.SESSION}
-    assert re.fullmatch(r"[a-z_]+", Stage.DELIVERY.value)
+def test_delivery_hooks_are_delivery_stage_entries_without_a_client_reply() -> None:
+    delivery = {name for name, spec in HOOKS.items() if spec.stage is Stage.DELIVERY}
+    assert delivery == {"pre_delivery", "post_delivery"}
+    for name in delivery:
+        assert HOOKS[name].failure is None  # no client waits: delivery decides what it means
+        assert {action.__name__ for action in HOOKS[name].allowed} == {
+            "Retry",
+            "Hold",
+            "Bounce",
+            "Delete",
+        }
     assert hooks.DISCONNECT.failure is None and hooks.DISCONNECT.ignores_result

@@ -18,6 +18,7 @@ from pathlib import Path
 from mailwarden import logs, stats
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
 from mailwarden.lib import dns as lib_dns
+from mailwarden.node.delivery import new_manager, reconfigure
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, SupervisorLink
 from mailwarden.node.listeners import bind_listeners
@@ -26,6 +27,7 @@ from mailwarden.node.privileges import Identity, check_writable, drop_privileges
 from mailwarden.node.reload import check_certificates, restart_only_changes
 from mailwarden.node.scripts import load_scripts
 from mailwarden.policy.script import PolicyScript, ScriptError
+from mailwarden.queue.manager import QueueManager
 from mailwarden.smtp.server import SmtpServer
 from mailwarden.spool.errors import SpoolError
 from mailwarden.spool.store import SpoolStore
@@ -61,6 +63,7 @@ class Worker:
         self.bound_listen: dict[str, list[str]] = {}  # the addresses each server was bound from
         self.stopping = asyncio.Event()
         self.orphaned = False
+        self.queue: QueueManager | None = None
 
     async def run(self) -> None:
         """Start (raising StartupError if the worker cannot), serve until told to stop."""
@@ -101,7 +104,11 @@ class Worker:
                     settings.id,
                     ", ".join(settings.listen),
                 )
+            self.queue = new_manager(config, spool, self.index, self._script_for)
+            await self.queue.start()
         except BaseException:
+            if self.queue is not None:
+                await self.queue.stop(0)
             for server in self.servers.values():
                 await server.stop(0)
             for rest in sockets.values():
@@ -180,7 +187,10 @@ class Worker:
         if self.orphaned:
             grace = min(grace, ORPHAN_GRACE)
         log.info("worker %d: stopping", self.index)
-        stopping = asyncio.gather(*(s.stop(grace) for s in self.servers.values()))
+        parts = [s.stop(grace) for s in self.servers.values()]
+        if self.queue is not None:
+            parts.append(self.queue.stop(grace))
+        stopping = asyncio.gather(*parts)
         if not self.orphaned:
             await stopping
             return
@@ -188,6 +198,14 @@ class Worker:
             await asyncio.wait_for(stopping, grace + 0.5)
         except TimeoutError:
             log.warning("worker %d: leaving with sessions still open", self.index)
+
+    def _script_for(self, server_id: str) -> PolicyScript | None:
+        """The script of the listener that accepted a message: its delivery hooks steer it.
+        A listener removed since then: the first listener's script."""
+        server = self.servers.get(server_id)
+        if server is None and self.servers:
+            server = next(iter(self.servers.values()))
+        return server.snapshot.script if server is not None else None
 
     def _publish_stats(self) -> None:
         """Publish the counters for ``mailwarden stats`` now and again (see mailwarden.stats)."""
@@ -228,6 +246,8 @@ class Worker:
                     )
                 server.apply(settings, config.node.hostname, scripts[settings.id], config.spool)
             self._apply_node_settings(config)
+            if self.queue is not None:
+                reconfigure(self.queue, config)
         except (ConfigError, ScriptError) as error:
             log.error("reload failed, keeping the running configuration: %s", error)
             return

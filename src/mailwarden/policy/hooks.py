@@ -6,10 +6,11 @@ the SMTP session answers a failed or timed-out hook with ``failure`` and logs an
 refusals under ``phase`` and ``counter``; a test checks docs/policy.md's hook table against
 ``parameters``, ``runs`` and ``allowed``. Nothing else lists the hooks.
 
-Room to grow: a hook run by delivery (``pre_delivery``, ``post_delivery``) will be an entry with
-``stage=Stage.DELIVERY`` and ``failure=None`` (no client waits for a reply; delivery decides
-what a failed hook means for the message), and a script's own SASL mechanism an entry with
-``stage=Stage.SESSION`` beside ``auth``. Lookups are plain dict lookups of prebuilt specs.
+The hooks run by delivery (``pre_delivery``, ``post_delivery``) have ``stage=Stage.DELIVERY``
+and ``failure=None``: no client waits for a reply, and the queue manager decides what a failed
+hook means for the message (:mod:`mailwarden.policy.delivery`). Room to grow: a script's own
+SASL mechanism is an entry with ``stage=Stage.SESSION`` beside ``auth``.
+Lookups are plain dict lookups of prebuilt specs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailwarden.policy.actions import Accept, Defer, Discard, Hold, Queue, Reject
+from mailwarden.policy.delivery import DELIVERY_ACTIONS
 from mailwarden.smtp import replies
 from mailwarden.smtp.replies import Reply
 
@@ -27,7 +29,7 @@ class Stage(enum.StrEnum):
     """Where a hook runs."""
 
     SESSION = "session"  # inside an SMTP conversation, with a client waiting for the reply
-    DELIVERY = "delivery"  # while a queued message is delivered (no hook of this stage yet)
+    DELIVERY = "delivery"  # while a queued message is delivered (no client waits for a reply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,27 @@ _SPECS: tuple[HookSpec, ...] = (
         counter="refused_vrfy",
     ),
     HookSpec(
+        name="pre_delivery",
+        parameters=("attempt",),
+        allowed=DELIVERY_ACTIONS,
+        failure=None,
+        runs="before each delivery attempt of a queued message",
+        description="change next hop, port, source IP, HELO, TLS, AUTH; or retry later, hold,"
+        " bounce or delete",
+        stage=Stage.DELIVERY,
+        phase="pre_delivery",
+    ),
+    HookSpec(
+        name="post_delivery",
+        parameters=("attempt", "result"),
+        allowed=DELIVERY_ACTIONS,
+        failure=None,
+        runs="after each delivery attempt, with every recipient's reply",
+        description="override what happens next: retry at a time, bounce with an NDR, delete, hold",
+        stage=Stage.DELIVERY,
+        phase="post_delivery",
+    ),
+    HookSpec(
         name="disconnect",
         parameters=("conn",),
         allowed=(),
@@ -154,4 +177,6 @@ MAIL_FROM = HOOKS["mail_from"]
 RCPT_TO = HOOKS["rcpt_to"]
 DATA = HOOKS["data"]
 VRFY = HOOKS["vrfy"]
+PRE_DELIVERY = HOOKS["pre_delivery"]
+POST_DELIVERY = HOOKS["post_delivery"]
 DISCONNECT = HOOKS["disconnect"]

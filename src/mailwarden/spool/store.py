@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mailwarden.smtp import replies
-from mailwarden.spool import schema
+from mailwarden.spool import outcomes, schema
 from mailwarden.spool.errors import SpoolError, reply_for_os_error
 from mailwarden.spool.events import (
     EventSink,
@@ -45,8 +45,10 @@ from mailwarden.spool.events import (
     RecipientStateChanged,
     SpoolEvent,
 )
+from mailwarden.spool.outcomes import AttemptOutcome, LeasedMessage
 from mailwarden.spool.reader import body_file_path, spill_file_name
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
+from mailwarden.spool.rows import INSERT_MESSAGE, INSERT_RECIPIENT, message_row, recipient_rows
 from mailwarden.spool.states import DELIVERABLE, RecipientState
 
 __all__ = ["SpoolRecord", "SpoolStore", "SpooledRecipient"]
@@ -74,6 +76,9 @@ class SpoolStore:
         self._drain_task: asyncio.Task[None] | None = None
         self.batches = 0
         self.committed = 0
+        self._pending_outcomes: list[tuple[str, AttemptOutcome, asyncio.Future[None]]] = []
+        self._recording = False
+        self._outcome_task: asyncio.Task[None] | None = None
         self.events = EventSink()  # ``store.events.subscribe(callback)``: see spool/events.py
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -185,9 +190,9 @@ class SpoolStore:
                 _fsync_directory(self.data_dir)
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(_INSERT_MESSAGE, [_message_row(r, self.directory) for r in records])
+                db.executemany(INSERT_MESSAGE, [message_row(r, self.directory) for r in records])
                 db.executemany(
-                    _INSERT_RECIPIENT, [row for r in records for row in _recipient_rows(r)]
+                    INSERT_RECIPIENT, [row for r in records for row in recipient_rows(r)]
                 )
                 db.execute("COMMIT")
             except BaseException:
@@ -291,6 +296,116 @@ class SpoolStore:
             self._emit(MessageRemoved(message_id, reason))
         return removed
 
+    # --- delivery: leases with the bytes, batched outcomes (see spool/outcomes.py) ----------
+
+    async def lease_messages(
+        self, owner: str, *, now: float, duration: float, limit: int
+    ) -> list[LeasedMessage]:
+        """Lease up to ``limit`` due messages to ``owner`` and read them with their bytes."""
+        return await self._run(
+            lambda db: outcomes.lease_and_load(
+                db, self.directory, owner, now=now, until=now + duration, limit=limit
+            )
+        )
+
+    async def renew_leases(self, owner: str, *, now: float, duration: float) -> int:
+        """Extend every lease ``owner`` holds; returns how many."""
+        sql = "UPDATE messages SET lease_until = ? WHERE leased_by = ?"
+        cursor = await self._run(lambda db: db.execute(sql, (now + duration, owner)))
+        return cursor.rowcount
+
+    async def clear_leases(self) -> int:
+        """End every lease on this shard. Only its worker delivers from a shard, so at that
+        worker's start a lease left behind is a crashed predecessor's: its messages are due
+        again at once, not when the lease would have run out."""
+        sql = "UPDATE messages SET leased_by = NULL, lease_until = NULL WHERE leased_by IS NOT NULL"
+        cursor = await self._run(lambda db: db.execute(sql))
+        return cursor.rowcount
+
+    async def next_due(self, now: float) -> float | None:
+        """When the next unleased recipient falls due (None: nothing waits)."""
+        return await self._run(lambda db: outcomes.next_due(db, now))
+
+    async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
+        """Record these messages' attempt outcomes and end ``owner``'s leases on them, batched
+        with every other outcome waiting (one transaction, one fsync). Returns once they are
+        durable.
+
+        Raises SpoolError if the batch could not be written; then nothing of it changed, the
+        leases run out and the attempts are made again (at-least-once)."""
+        if not outcomes:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._pending_outcomes.extend((owner, outcome, future) for outcome in outcomes)
+        if not self._recording:
+            self._recording = True
+            self._outcome_task = loop.create_task(self._drain_outcomes())
+        await future
+
+    async def _drain_outcomes(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending_outcomes:
+                batch = self._pending_outcomes[: self._max_batch]
+                del self._pending_outcomes[: self._max_batch]
+                try:
+                    apply = functools.partial(self._apply, batch=batch)
+                    removed = await loop.run_in_executor(self._executor, self._transaction, apply)
+                except Exception as error:
+                    spool_error = _as_spool_error(error)
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(SpoolError(spool_error.reply, str(spool_error)))
+                    continue
+                for _, body_file in removed:
+                    if body_file:
+                        body_file_path(self.directory, body_file).unlink(missing_ok=True)
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+                if self.events:
+                    self._emit_outcomes(batch, removed)
+        finally:
+            self._recording = False
+
+    def _apply(
+        self, db: sqlite3.Connection, batch: list[tuple[str, AttemptOutcome, asyncio.Future[None]]]
+    ) -> list[tuple[str, str | None]]:
+        removed: list[tuple[str, str | None]] = []
+        by_owner: dict[str, list[AttemptOutcome]] = {}
+        for owner, outcome, _ in batch:
+            by_owner.setdefault(owner, []).append(outcome)
+        for owner, owned in by_owner.items():
+            removed += outcomes.apply_outcomes(db, self.directory, owner, owned)
+        return removed
+
+    def _emit_outcomes(
+        self,
+        batch: list[tuple[str, AttemptOutcome, asyncio.Future[None]]],
+        removed: list[tuple[str, str | None]],
+    ) -> None:
+        events: list[SpoolEvent] = []
+        gone = {message_id for message_id, _ in removed}
+        for _, outcome, _ in batch:
+            events += (MessageQueued(record) for record in outcome.new_records)
+            for r in outcome.recipients:
+                events.append(
+                    RecipientStateChanged(
+                        outcome.message_id,
+                        r.position,
+                        "",
+                        r.state,
+                        r.reason,
+                        -1,
+                        r.next_attempt or 0.0,
+                        r.last_reply,
+                    )
+                )
+            if outcome.message_id in gone:
+                events.append(MessageRemoved(outcome.message_id, outcome.removal_reason))
+        self.events.emit(events)
+
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transaction, work)
@@ -351,69 +466,6 @@ def _as_spool_error(error: Exception) -> SpoolError:
         return error
     log.error("spool commit failed: %r", error, exc_info=error)
     return SpoolError(replies.SPOOL_WRITE_FAILED, f"spool write failed: {error!r}")
-
-
-def _body_file_name(body_file: Path | None, spool_dir: Path) -> str | None:
-    """How a row names its spill file: relative to the spool directory, so that the spool can
-    be moved (an absolute path would point at the old place)."""
-    if body_file is None:
-        return None
-    try:
-        return Path(body_file).relative_to(spool_dir).as_posix()
-    except ValueError:  # not under the spool: keep it as it is, the reader resolves by name
-        return str(body_file)
-
-
-# Named columns: a column added by a later schema version never shifts these values.
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (id, server_id, received_at, sender, sender_params, client_ip,"
-    " client_port, helo, tls, auth, metadata, headers, body, body_file, size, retry_count,"
-    " next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
-_INSERT_RECIPIENT = (
-    "INSERT INTO recipients (message_id, position, address, params, metadata, state, reason,"
-    " retry_count, next_attempt, last_reply) VALUES (?,?,?,?,?,?,?,?,?,?)"
-)
-
-
-def _message_row(r: SpoolRecord, spool_dir: Path) -> tuple[Any, ...]:
-    return (
-        r.id,
-        r.server_id,
-        r.received_at,
-        r.sender,
-        json.dumps(r.sender_params),
-        r.client_ip,
-        r.client_port,
-        r.helo,
-        json.dumps(r.tls) if r.tls else None,
-        json.dumps(r.auth) if r.auth else None,
-        json.dumps(r.metadata, default=str),
-        r.headers,
-        r.body,
-        _body_file_name(r.body_file, spool_dir),
-        r.size,
-        r.retry_count,
-        r.received_at if r.next_attempt is None else r.next_attempt,
-    )
-
-
-def _recipient_rows(r: SpoolRecord) -> list[tuple[Any, ...]]:
-    return [
-        (
-            r.id,
-            position,
-            rcpt.address,
-            json.dumps(rcpt.params),
-            json.dumps(rcpt.metadata, default=str),
-            rcpt.state.value,
-            rcpt.reason,
-            rcpt.retry_count,
-            r.received_at if rcpt.next_attempt is None else rcpt.next_attempt,
-            rcpt.last_reply,
-        )
-        for position, rcpt in enumerate(r.recipients)
-    ]
 
 
 def _fsync_directory(path: Path) -> None:

@@ -1,0 +1,87 @@
+"""A worker's queue manager, built from the configuration ([delivery], [[routes]], [queue],
+[[shaping]]) and rebuilt on reload for the attempts that start after it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mailwarden.config import Config
+from mailwarden.delivery.routes import RouteTable
+from mailwarden.delivery.tls import TlsMode, TlsPolicy
+from mailwarden.policy.script import PolicyScript
+from mailwarden.queue.limits import NodeLimits
+from mailwarden.queue.manager import ManagerSettings, QueueManager
+from mailwarden.queue.plan import Planner
+from mailwarden.queue.schedule import RetrySchedule
+from mailwarden.queue.shaping import metadata_fields, rules_from_config
+from mailwarden.spool.store import SpoolStore
+
+
+def manager_settings(config: Config) -> ManagerSettings:
+    delivery, queue = config.delivery, config.queue
+    return ManagerSettings(
+        schedule=RetrySchedule(
+            intervals=tuple(queue.retry_intervals),
+            max_age=queue.max_age,
+            delay_warning=queue.delay_warning,
+        ),
+        reporting_mta=config.node.hostname,
+        lease_duration=queue.lease_duration,
+        poll_interval=queue.poll_interval,
+        connect_timeout=delivery.connect_timeout,
+        idle_timeout=delivery.idle_timeout,
+        max_connections=delivery.max_connections_per_destination,
+        max_messages_per_connection=delivery.max_messages_per_connection,
+        allow_ip_literals=delivery.allow_ip_literals,
+        ip_version=delivery.ip_version,
+        hook_timeout=max(s.limits.hook_timeout for s in config.servers),
+        shaping=tuple(rules_from_config(config)),
+    )
+
+
+def planner(config: Config) -> Planner:
+    delivery = config.delivery
+    routes = RouteTable.from_config(config)
+    default_tls = TlsPolicy(
+        TlsMode(delivery.tls), delivery.tls_verify_name, delivery.tls_ca_file, source="config"
+    )
+    return Planner(
+        routes=routes,
+        helo=delivery.helo or config.node.hostname,
+        source_ips=routes.default_route.source_ips,
+        default_tls=default_tls,
+        shaping_metadata=tuple(metadata_fields(config)),
+    )
+
+
+def message_id_source(worker: int) -> Callable[[], str]:
+    """Ids for the messages delivery queues itself (DSNs), shaped like the server's."""
+    counter = itertools.count(1 << 15)  # the upper half: never the server's own sequence
+    return lambda: f"{time.time_ns() // 1000:x}{worker:02x}{next(counter) & 0xFFFF:04x}"
+
+
+def new_manager(
+    config: Config, store: SpoolStore, worker: int, script_for: Callable[[str], PolicyScript]
+) -> QueueManager:
+    limits = NodeLimits(Path(config.node.data_dir) / "queue")
+    return QueueManager(
+        store,
+        manager_settings(config),
+        planner(config),
+        limits,
+        script_for=script_for,
+        owner=f"{socket.gethostname()}:{os.getpid()}",
+        new_id=message_id_source(worker),
+    )
+
+
+def reconfigure(manager: QueueManager, config: Config) -> None:
+    """Reload: attempts planned from now on follow the new settings; attempts under way and
+    open connections finish as they began."""
+    manager.settings = manager_settings(config)
+    manager.planner = planner(config)

@@ -1,0 +1,221 @@
+"""One destination's connections: a queue of attempts and the connections that carry them.
+
+Attempts for the same :class:`~mailwarden.queue.plan.DestinationKey` wait in one queue. A
+connection takes the next attempt as soon as it finished one, up to the shaping limit of
+messages per connection, and waits ``idle_timeout`` for more before it says QUIT. New
+connections open while attempts wait and the node-wide concurrency slots allow; a slot of a
+dead worker frees itself (see :mod:`mailwarden.queue.limits`).
+
+A destination that cannot be reached fails every attempt waiting for it at once (each is
+deferred on its own schedule), so a dead MX is tried once per round, not once per message;
+one slow destination holds only its own queue, never the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mailwarden.delivery.connection import OutboundConnection, open_first
+from mailwarden.delivery.errors import DeliveryError, DeliveryReply
+from mailwarden.delivery.mx import Target, resolve_targets
+from mailwarden.queue.plan import DestinationKey
+from mailwarden.smtp.client import Envelope, TransactionDone
+
+if TYPE_CHECKING:
+    from mailwarden.queue.manager import Job, QueueManager
+
+log = logging.getLogger("mailwarden.queue")
+
+TARGETS_TTL = 60.0  # seconds a resolved target list is reused for new connections
+SLOT_RETRY = 0.25  # seconds before asking again for a slot another worker holds
+
+
+@dataclass(slots=True)
+class Sent:
+    """What one attempt over a connection produced, for the manager's verdicts."""
+
+    done: TransactionDone | None = None
+    error: DeliveryError | None = None
+    connection: OutboundConnection | None = None
+    connect_seconds: float | None = None
+    seconds: float = 0.0
+    reused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Destination:
+    """The queue and connections of one destination key."""
+
+    def __init__(self, key: DestinationKey, manager: QueueManager) -> None:
+        self.key = key
+        self.manager = manager
+        self.jobs: deque[Job] = deque()
+        self.connections = 0
+        self._idle: deque[asyncio.Future[Job | None]] = deque()
+        self._targets: list[Target] | None = None
+        self._targets_until = 0.0
+        self._grow_handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.last_used = time.monotonic()
+
+    # --- attempts in ------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        self.last_used = time.monotonic()
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(job)
+                return
+        self.jobs.append(job)
+        self._grow()
+
+    def _grow(self) -> None:
+        """Open connections while attempts wait for one and the limits allow."""
+        manager = self.manager
+        while len(self.jobs) > self.connections and not manager.stopping:
+            job = self.jobs[0]
+            slots = manager.acquire_slots(self.key, job)
+            if slots is None:
+                if self._grow_handle is None and self.connections == 0:
+                    loop = asyncio.get_running_loop()
+                    self._grow_handle = loop.call_later(SLOT_RETRY, self._grow_later)
+                return
+            self.connections += 1
+            task = asyncio.get_running_loop().create_task(self._connection(slots))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _grow_later(self) -> None:
+        self._grow_handle = None
+        self._grow()
+
+    def _next_job(self, timeout: float) -> asyncio.Future[Job | None]:
+        """The next waiting attempt, or None after ``timeout`` seconds without one."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Job | None] = loop.create_future()
+        if self.jobs:
+            waiter.set_result(self.jobs.popleft())
+            return waiter
+        self._idle.append(waiter)
+        handle = loop.call_later(timeout, _expire, waiter)
+        waiter.add_done_callback(lambda _: handle.cancel())
+        return waiter
+
+    # --- one connection ----------------------------------------------------------------
+
+    async def _connection(self, slots: list[Any]) -> None:
+        connection: OutboundConnection | None = None
+        manager = self.manager
+        try:
+            if not self.jobs:
+                return
+            job: Job | None = self.jobs.popleft()
+            opened = time.monotonic()
+            try:
+                connection = await self._open()
+            except DeliveryError as error:
+                assert job is not None
+                self._unreachable(job, error)
+                return
+            connect_seconds = time.monotonic() - opened
+            limit = manager.messages_per_connection(self.key, job, connection)
+            while job is not None:
+                await manager.pace(self.key, job, connection)
+                sent = await self._send(job, connection)
+                if connect_seconds is not None:
+                    sent.connect_seconds, connect_seconds = connect_seconds, None
+                else:
+                    sent.reused = True
+                manager.finished(job, sent)
+                if not connection.usable or connection.messages_sent >= limit:
+                    break
+                if manager.stopping:
+                    break
+                job = await self._next_job(manager.settings.idle_timeout)
+        except Exception:
+            log.exception("destination %s: connection failed unexpectedly", self.key.name)
+        finally:
+            if connection is not None:
+                await connection.close()
+            for slot in slots:
+                with contextlib.suppress(Exception):
+                    slot.release()
+            self.connections -= 1
+            self.last_used = time.monotonic()
+            if not manager.stopping:
+                self._grow()
+
+    async def _open(self) -> OutboundConnection:
+        targets = await self._resolve()
+        options = self.key.options(self.manager.settings.connect_timeout)
+        connection, failures = await open_first(targets, options)
+        for failure in failures:
+            log.info("destination %s: %s", self.key.name, failure)
+        return connection
+
+    async def _resolve(self) -> list[Target]:
+        now = time.monotonic()
+        if self._targets is None or now >= self._targets_until:
+            settings = self.manager.settings
+            self._targets = await resolve_targets(
+                self.key.domain,
+                hop=self.key.hop,
+                allow_ip_literals=settings.allow_ip_literals,
+                ip_version=settings.ip_version,
+            )
+            self._targets_until = now + TARGETS_TTL
+        return self._targets
+
+    async def _send(self, job: Job, connection: OutboundConnection) -> Sent:
+        started = time.monotonic()
+        envelope: Envelope = job.envelope()
+        try:
+            message = job.message_bytes()
+        except OSError as error:
+            reply = DeliveryReply(451, "4.3.0", f"cannot read the queued message: {error}")
+            return Sent(error=DeliveryError(reply, stage="spool"), connection=connection)
+        try:
+            done = await connection.send(envelope, message)
+        except DeliveryError as error:
+            return Sent(error=error, connection=connection, seconds=time.monotonic() - started)
+        return Sent(done=done, connection=connection, seconds=time.monotonic() - started)
+
+    def _unreachable(self, job: Job, error: DeliveryError) -> None:
+        """Fail ``job`` with ``error``, and when no other connection of this destination is
+        working, every attempt waiting for it too (they would meet the same dead host)."""
+        self.manager.finished(job, Sent(error=error))
+        if self.connections == 1:
+            while self.jobs:
+                self.manager.finished(self.jobs.popleft(), Sent(error=error))
+
+    # --- shutdown ----------------------------------------------------------------------
+
+    def drain_waiting(self, fail: Callable[[Job], None]) -> None:
+        """Hand back every waiting attempt (shutdown) and wake the idle connections."""
+        while self.jobs:
+            fail(self.jobs.popleft())
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_closed(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def idle(self) -> bool:
+        return not self.jobs and self.connections == 0
+
+
+def _expire(waiter: asyncio.Future[Job | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,236 @@
+"""The delivery side of a shard: leasing due messages with their bytes, and recording what
+attempts did to them, many attempts per transaction.
+
+These functions run in the store's commit thread inside one IMMEDIATE transaction (see
+:meth:`SpoolStore._transaction`), so they never interleave with a group commit. Recording is
+batched like commits are: one transaction (one WAL fsync) for every outcome that arrived
+while the previous batch was being written. A bounce the outcome queues goes in the same
+transaction as the state that caused it, and a message leaves the spool in that transaction
+only once every recipient is final: a crash at any instant leaves either the old states
+(the attempt is redone: at-least-once) or the new ones with their bounce.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailwarden.spool.reader import body_file_path
+from mailwarden.spool.records import SpooledRecipient, SpoolRecord
+from mailwarden.spool.rows import INSERT_MESSAGE, INSERT_RECIPIENT, message_row, recipient_rows
+from mailwarden.spool.states import DELIVERABLE, FINAL, RecipientState
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    """What one attempt did to one recipient (``position`` in RCPT order)."""
+
+    position: int
+    state: RecipientState
+    reason: str = ""
+    last_reply: str = ""
+    next_attempt: float | None = None  # kept as it is when None
+    count_attempt: bool = False  # one more retry on the recipient's count
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """Every recipient outcome of one message's round of attempts, and the messages it queues
+    (DSNs), recorded together; the lease ends with it."""
+
+    message_id: str
+    recipients: tuple[RecipientOutcome, ...]
+    new_records: tuple[SpoolRecord, ...] = ()
+    removal_reason: str = "delivered"
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedMessage:
+    """A leased message: its envelope with every recipient (index = position) and its bytes."""
+
+    record: SpoolRecord
+    headers: bytes
+    body: bytes | None
+    body_path: Path | None
+
+    def message_bytes(self) -> bytes:
+        """The message exactly as received (headers then body). Raises OSError if the spill
+        file cannot be read."""
+        if self.body_path is None:
+            return self.headers + (self.body or b"")
+        return self.headers + self.body_path.read_bytes()
+
+
+_DUE_IDS = """
+UPDATE messages SET leased_by = :owner, lease_until = :until
+WHERE id IN (
+    SELECT m.id FROM messages AS m
+    WHERE (m.lease_until IS NULL OR m.lease_until <= :now)
+      AND m.id IN (
+          SELECT message_id FROM recipients
+          WHERE state IN (:s0, :s1) AND next_attempt <= :now
+      )
+    ORDER BY m.id
+    LIMIT :limit
+)
+RETURNING id
+"""
+
+_ENVELOPE = (
+    "id, server_id, received_at, sender, sender_params, client_ip, client_port, helo, tls,"
+    " auth, metadata, headers, body, body_file, size, retry_count, next_attempt"
+)
+_RECIPIENT = (
+    "message_id, position, address, params, metadata, state, reason, retry_count,"
+    " next_attempt, last_reply"
+)
+
+
+def lease_and_load(
+    db: sqlite3.Connection,
+    spool_dir: Path,
+    owner: str,
+    *,
+    now: float,
+    until: float,
+    limit: int,
+) -> list[LeasedMessage]:
+    """Lease up to ``limit`` due messages to ``owner`` and read them, oldest first."""
+    states = {f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))}
+    parameters = {"owner": owner, "until": until, "now": now, "limit": limit, **states}
+    ids = sorted(row[0] for row in db.execute(_DUE_IDS, parameters).fetchall())
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    recipients: dict[str, list[SpooledRecipient]] = {}
+    for row in db.execute(
+        f"SELECT {_RECIPIENT} FROM recipients WHERE message_id IN ({marks})"
+        " ORDER BY message_id, position",
+        ids,
+    ):
+        recipients.setdefault(row[0], []).append(_recipient(row))
+    leased = []
+    for row in db.execute(f"SELECT {_ENVELOPE} FROM messages WHERE id IN ({marks})", ids):
+        leased.append(_leased(row, recipients.get(row[0], []), spool_dir, owner, until))
+    leased.sort(key=lambda message: message.record.id)
+    return leased
+
+
+def _recipient(row: tuple) -> SpooledRecipient:
+    return SpooledRecipient(
+        address=row[2],
+        params=json.loads(row[3]),
+        metadata=json.loads(row[4]),
+        state=row[5],
+        reason=row[6],
+        retry_count=row[7],
+        next_attempt=row[8],
+        last_reply=row[9],
+    )
+
+
+def _leased(
+    row: tuple, recipients: list[SpooledRecipient], spool_dir: Path, owner: str, until: float
+) -> LeasedMessage:
+    body_path = body_file_path(spool_dir, row[13]) if row[13] else None
+    record = SpoolRecord(
+        id=row[0],
+        server_id=row[1],
+        received_at=row[2],
+        sender=row[3],
+        sender_params=json.loads(row[4]),
+        client_ip=row[5],
+        client_port=row[6],
+        helo=row[7],
+        tls=json.loads(row[8]) if row[8] else None,
+        auth=json.loads(row[9]) if row[9] else None,
+        metadata=json.loads(row[10]),
+        body_file=body_path,
+        size=row[14],
+        recipients=tuple(recipients),
+        retry_count=row[15],
+        next_attempt=row[16],
+        leased_by=owner,
+        lease_until=until,
+    )
+    return LeasedMessage(record, row[11], row[12], body_path)
+
+
+_SET_STATE = """
+UPDATE recipients
+SET state = ?, reason = ?, retry_count = retry_count + ?,
+    next_attempt = coalesce(?, next_attempt), last_reply = ?
+WHERE message_id = ? AND position = ?
+"""
+
+_FINAL_MARKS = ",".join("?" * len(FINAL))
+
+
+def apply_outcomes(
+    db: sqlite3.Connection, spool_dir: Path, owner: str, outcomes: Sequence[AttemptOutcome]
+) -> list[tuple[str, str | None]]:
+    """Record ``outcomes`` (in the caller's transaction): recipient states, queued DSNs, the
+    removal of messages whose recipients are all final, the end of ``owner``'s leases.
+    Returns the removed messages as (id, spill file as the row named it)."""
+    db.executemany(
+        _SET_STATE,
+        [
+            (
+                r.state.value,
+                r.reason,
+                int(r.count_attempt),
+                r.next_attempt,
+                r.last_reply,
+                outcome.message_id,
+                r.position,
+            )
+            for outcome in outcomes
+            for r in outcome.recipients
+        ],
+    )
+    new_records = [record for outcome in outcomes for record in outcome.new_records]
+    if new_records:
+        db.executemany(INSERT_MESSAGE, [message_row(r, spool_dir) for r in new_records])
+        db.executemany(INSERT_RECIPIENT, [row for r in new_records for row in recipient_rows(r)])
+    ids = [outcome.message_id for outcome in outcomes]
+    marks = ",".join("?" * len(ids))
+    finals = sorted(state.value for state in FINAL)
+    done = db.execute(
+        f"SELECT id, body_file FROM messages WHERE id IN ({marks}) AND NOT EXISTS ("
+        " SELECT 1 FROM recipients WHERE message_id = messages.id"
+        f" AND state NOT IN ({_FINAL_MARKS}))",
+        [*ids, *finals],
+    ).fetchall()
+    if done:
+        db.executemany("DELETE FROM messages WHERE id = ?", [(row[0],) for row in done])
+    db.executemany(
+        "UPDATE messages SET leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
+        [(message_id, owner) for message_id in ids],
+    )
+    return [(row[0], row[1]) for row in done]
+
+
+def next_due(db: sqlite3.Connection, now: float) -> float | None:
+    """The earliest next attempt of a deliverable recipient of a message no live lease holds,
+    or None when nothing is waiting."""
+    states = sorted(state.value for state in DELIVERABLE)
+    row = db.execute(
+        "SELECT min(r.next_attempt) FROM recipients AS r JOIN messages AS m ON m.id = r.message_id"
+        " WHERE r.state IN (?, ?) AND (m.lease_until IS NULL OR m.lease_until <= ?)",
+        (*states, now),
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+__all__ = [
+    "AttemptOutcome",
+    "LeasedMessage",
+    "RecipientOutcome",
+    "RecipientState",
+    "apply_outcomes",
+    "lease_and_load",
+    "next_due",
+]
