@@ -1,0 +1,182 @@
+"""A sending node delivers what it accepted, to real peers: a second Mailwarden and smtp-sink."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.queue.delivery_support import (
+    FAST_RETRIES,
+    parsed,
+    peer_connections,
+    peer_node,
+    queued,
+    received,
+    route_to,
+    send,
+    sending_node,
+    wait_until,
+)
+from tests.support.sink import smtp_sink
+
+from mailwarden.spool.states import RecipientState
+
+SENDER = "alice@sender.example"
+
+
+def test_a_relayed_message_arrives_whole_and_leaves_the_queue(tmp_path: Path) -> None:
+    with (
+        peer_node(tmp_path / "peer") as peer,
+        sending_node(tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES) as node,
+    ):
+        body = "line one\n.a leading dot\n" + "x" * 3000 + "\n"
+        send(node.port, SENDER, ["bob@example.net", "carol@example.net"], "first", body)
+        wait_until(lambda: received(peer), what="the message at the peer")
+        wait_until(lambda: not queued(node), what="an empty sending queue")
+        ((record, data),) = received(peer)
+    assert record.sender == SENDER
+    assert [r.address for r in record.recipients] == ["bob@example.net", "carol@example.net"]
+    message = parsed(data)
+    assert message["Subject"] == "first"
+    assert message.get_content() == body
+    # The sending node added its Received: line when it accepted the message.
+    assert "mx.sender.example" in str(message.get_all("Received"))
+
+
+def test_messages_share_connections(tmp_path: Path) -> None:
+    with (
+        peer_node(tmp_path / "peer") as peer,
+        sending_node(tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES) as node,
+    ):
+        for number in range(20):
+            send(node.port, SENDER, [f"user{number}@example.net"], f"reuse {number}")
+        wait_until(lambda: len(received(peer)) == 20, what="20 messages at the peer")
+        wait_until(lambda: not queued(node), what="an empty sending queue")
+        counts = peer_connections(peer)
+    # 20 messages, submitted one by one: reused connections, far fewer than one each.
+    assert counts["total"] <= 5, counts
+
+
+def test_each_recipient_gets_its_own_fate_and_a_bounce_carries_the_remote_reply(
+    tmp_path: Path,
+) -> None:
+    with (
+        peer_node(tmp_path / "peer") as peer,
+        sending_node(tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES) as node,
+    ):
+        rcpts = ["ok@example.net", "reject-me@example.net", "defer-me@example.net"]
+        send(node.port, SENDER, rcpts, "partial")
+        # The delivered copy and the DSN for the rejected recipient both reach the peer.
+        wait_until(lambda: len(received(peer)) == 2, what="the message and its DSN")
+        (message,) = wait_until(
+            lambda: [m for m in queued(node) if m.recipients[2].retry_count == 1],
+            what="the deferred recipient waiting",
+        )
+        arrived = received(peer)
+    states = [r.state for r in message.recipients]
+    assert states == [RecipientState.DELIVERED, RecipientState.BOUNCED, RecipientState.DEFERRED]
+    assert message.recipients[2].last_reply.startswith("451 4.3.0")
+    delivered = [data for record, data in arrived if record.sender == SENDER]
+    assert len(delivered) == 1
+    (dsn_record, dsn_data) = next((r, d) for r, d in arrived if r.sender == "")
+    assert [r.address for r in dsn_record.recipients] == [SENDER]
+    dsn = parsed(dsn_data)
+    assert dsn.get_content_type() == "multipart/report"
+    assert dsn.get_param("report-type") == "delivery-status"
+    report = next(p for p in dsn.walk() if p.get_content_type() == "message/delivery-status")
+    text = report.as_string()
+    assert "Final-Recipient: rfc822; reject-me@example.net" in text
+    assert "Action: failed" in text
+    assert "Status: 5.1.1" in text
+    assert "550 5.1.1 no such user here" in text  # the NDR: the remote's own reply
+    assert "defer-me" not in text and "ok@example.net" not in text
+
+
+def test_tls_required_but_not_offered_defers(tmp_path: Path) -> None:
+    with (
+        smtp_sink(tmp_path) as sink,
+        sending_node(
+            tmp_path / "out", body=route_to(sink.port, extra='tls = "required"') + FAST_RETRIES
+        ) as node,
+    ):
+        send(node.port, SENDER, ["bob@example.net"], "needs tls")
+        (message,) = wait_until(
+            lambda: [m for m in queued(node) if m.recipients[0].retry_count == 1],
+            what="a deferred recipient",
+        )
+        assert sink.messages() == []
+    (recipient,) = message.recipients
+    assert recipient.state is RecipientState.DEFERRED
+    assert recipient.last_reply.startswith("4") and "4.7.4" in recipient.last_reply
+
+
+def test_required_verify_with_a_wrong_name_defers(
+    tmp_path: Path, ca_file: Path, peer_tls_keys: str
+) -> None:
+    extra = f'tls = "required_verify"\ntls_verify_name = "wrong.example"\ntls_ca_file = "{ca_file}"'
+    with (
+        peer_node(tmp_path / "peer", server=peer_tls_keys) as peer,
+        sending_node(
+            tmp_path / "out", body=route_to(peer.port, extra=extra) + FAST_RETRIES
+        ) as node,
+    ):
+        send(node.port, SENDER, ["bob@example.net"], "verify me")
+        (message,) = wait_until(
+            lambda: [m for m in queued(node) if m.recipients[0].retry_count == 1],
+            what="a deferred recipient",
+        )
+        assert received(peer) == []
+    assert "4.7.5" in message.recipients[0].last_reply
+
+
+def test_required_verify_with_the_right_name_delivers(
+    tmp_path: Path, ca_file: Path, peer_tls_keys: str
+) -> None:
+    extra = (
+        f'tls = "required_verify"\ntls_verify_name = "peer.test.example"\ntls_ca_file = "{ca_file}"'
+    )
+    with (
+        peer_node(tmp_path / "peer", server=peer_tls_keys) as peer,
+        sending_node(
+            tmp_path / "out", body=route_to(peer.port, extra=extra) + FAST_RETRIES
+        ) as node,
+    ):
+        send(node.port, SENDER, ["bob@example.net"], "verified")
+        wait_until(lambda: received(peer), what="the message at the peer")
+        ((record, _),) = received(peer)
+    assert record.tls is not None  # the peer saw the session encrypted
+
+
+def test_a_shaping_limit_holds_across_workers(tmp_path: Path) -> None:
+    shaping = """
+[[shaping]]
+fields = ["domain"]
+max_connections = 2
+"""
+    with (
+        peer_node(tmp_path / "peer", server="[servers.limits]\ngreeting_delay = 0\n") as peer,
+        sending_node(
+            tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES + shaping, workers=2
+        ) as node,
+    ):
+        for number in range(40):
+            send(node.port, SENDER, [f"user{number}@example.net"], f"shaped {number}")
+        wait_until(lambda: len(received(peer)) == 40, timeout=60, what="40 messages")
+        counts = peer_connections(peer)
+    assert counts["most"] <= 2, counts
+
+
+def test_suspend_holds_a_destination_until_resumed(tmp_path: Path) -> None:
+    with (
+        peer_node(tmp_path / "peer") as peer,
+        sending_node(tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES) as node,
+    ):
+        suspended = node.mailwarden("queue", "suspend", "domain=example.net")
+        assert suspended.returncode == 0, suspended.stderr
+        send(node.port, SENDER, ["bob@example.net"], "suspended")
+        send(node.port, SENDER, ["dave@other.test"], "not suspended")
+        wait_until(lambda: len(received(peer)) == 1, what="the other domain's message")
+        assert [r.recipients[0].address for r, _ in received(peer)] == ["dave@other.test"]
+        resumed = node.mailwarden("queue", "resume", "domain=example.net")
+        assert resumed.returncode == 0, resumed.stderr
+        node.mailwarden("queue", "update", "retry-now", "--all", "--yes")
+        wait_until(lambda: len(received(peer)) == 2, timeout=60, what="the resumed message")
