@@ -51,6 +51,16 @@ def test_docs_hook_table_is_the_registry() -> None:
     assert rows == expected
 
 
+def test_docs_delivery_hook_table_is_the_registry() -> None:
+    rows = _table_after("## Delivery hooks")
+    expected = [
+        [f"`{s.name}`", f"`{s.signature}`", s.runs, _documented_returns(s)]
+        for s in HOOKS.values()
+        if s.stage is Stage.DELIVERY
+    ]
+    assert rows == expected
+
+
 def test_docs_script_error_column_is_each_hooks_failure_reply() -> None:
     rows = {row[0]: row[3] for row in _table_after("### What the client sees")}
     for spec in HOOKS.values():
