@@ -25,6 +25,7 @@ from mailwarden.spool.store import SpoolStore
 def manager_settings(config: Config) -> ManagerSettings:
     delivery, queue = config.delivery, config.queue
     return ManagerSettings(
+        deliver=queue.deliver,
         schedule=RetrySchedule(
             intervals=tuple(queue.retry_intervals),
             max_age=queue.max_age,
@@ -83,5 +84,4 @@ def new_manager(
 def reconfigure(manager: QueueManager, config: Config) -> None:
     """Reload: attempts planned from now on follow the new settings; attempts under way and
     open connections finish as they began."""
-    manager.settings = manager_settings(config)
-    manager.planner = planner(config)
+    manager.reconfigure(manager_settings(config), planner(config))

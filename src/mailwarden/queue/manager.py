@@ -56,11 +56,13 @@ from mailwarden.spool.store import SpoolStore
 log = logging.getLogger("mailwarden.queue")
 
 SCRIPT_FAILURE_DELAY = 300.0  # pre_delivery raised: try again in 5 minutes, not counted
+LIMITS_TTL = 1.0  # seconds a destination's shaping limits and the suspensions are reused
 NO_DOMAIN = DeliveryReply(550, "5.1.3", "recipient address has no domain")
 
 
 @dataclass(frozen=True, slots=True)
 class ManagerSettings:
+    deliver: bool = True  # False: keep what is queued, attempt nothing ([queue] deliver)
     schedule: RetrySchedule = field(default_factory=RetrySchedule)
     reporting_mta: str = "localhost"
     lease_duration: float = 600.0
@@ -169,6 +171,9 @@ class QueueManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self._limits_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._suspensions: list[Any] = []
+        self._suspensions_until = 0.0
         self.delivered = 0
         self.deferred = 0
         self.bounced = 0
@@ -204,6 +209,13 @@ class QueueManager:
         with contextlib.suppress(SpoolError):
             await self.store.clear_leases()
 
+    def reconfigure(self, settings: ManagerSettings, planner: Planner) -> None:
+        """Reload: attempts planned from now on follow these; those under way finish as
+        they began."""
+        self.settings, self.planner = settings, planner
+        self._limits_cache.clear()
+        self._wake.set()
+
     def _on_spool_event(self, event: SpoolEvent) -> None:
         if isinstance(event, MessageQueued):
             self._wake.set()
@@ -214,6 +226,12 @@ class QueueManager:
         settings = self.settings
         renew_at = self.clock() + settings.lease_duration / 3
         while not self.stopping:
+            settings = self.settings  # a reload may have replaced them
+            if not settings.deliver:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
+                continue
             room = settings.max_in_flight - len(self.in_flight)
             if room <= 0:
                 self._room.clear()
@@ -350,29 +368,40 @@ class QueueManager:
 
     # --- shaping ------------------------------------------------------------------------
 
-    def _fields(
-        self, key: DestinationKey, job: Job, connection: OutboundConnection | None
-    ) -> DeliveryFields:
-        metadata = {k: str(v) for k, v in job.attempt.metadata.items()}
+    def _fields(self, key: DestinationKey, connection: OutboundConnection | None) -> DeliveryFields:
         return DeliveryFields(
             domain=key.domain,
             mx=connection.target.host if connection else "",
             ip=connection.target.address if connection else "",
             source_ip=(connection.source_ip if connection else "")
             or (key.source.address if key.source else ""),
-            metadata=metadata,
+            metadata=dict(key.shaping),
         )
 
     def _limits(self, key: DestinationKey, job: Job, connection: OutboundConnection | None):
+        """The shaping limits for an attempt, worked out at most once a second per
+        destination and remote (they change only with backoff, suspensions and reloads)."""
         now = self.clock()
-        return limits_for(
+        fields = self._fields(key, connection)
+        cache_key = (key, fields.mx, fields.ip, fields.source_ip)
+        cached = self._limits_cache.get(cache_key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if now >= self._suspensions_until:
+            self._suspensions = self.limits.suspensions(now)
+            self._suspensions_until = now + LIMITS_TTL
+        limits = limits_for(
             self.settings.shaping,
-            self._fields(key, job, connection),
+            fields,
             defaults=self._defaults(key),
             backoff=self.limits,
-            suspensions=self.limits.suspensions(now),
+            suspensions=self._suspensions,
             now=now,
         )
+        if len(self._limits_cache) > 10000:
+            self._limits_cache.clear()
+        self._limits_cache[cache_key] = (now + LIMITS_TTL, limits)
+        return limits
 
     def _defaults(self, key: DestinationKey) -> Any:
         return (self.settings.max_connections, self.settings.max_messages_per_connection)
@@ -410,16 +439,20 @@ class QueueManager:
 
     def finished(self, job: Job, sent: Sent) -> None:
         """An attempt is over (``sent`` has the transaction or the error)."""
-        verdicts, result = self._verdicts(job, sent)
-        if job.key is not None and sent.connection is not None:
-            self._note_backoff(job, sent, result)
         script = self.script_for(job.run.leased.record.server_id)
-        if script is not None and POST_DELIVERY.name in script.hooks:
+        hooked = script is not None and POST_DELIVERY.name in script.hooks
+        verdicts, result = self._verdicts(job, sent, hooked)
+        if job.key is not None and sent.connection is not None:
+            self._note_backoff(job, sent)
+        if hooked:
+            assert script is not None and result is not None
             self._spawn(self._post_delivery(job, verdicts, result, script))
             return
         self._record_verdicts(job, verdicts)
 
-    def _verdicts(self, job: Job, sent: Sent) -> tuple[list[Verdict], DeliveryResult]:
+    def _verdicts(
+        self, job: Job, sent: Sent, want_result: bool
+    ) -> tuple[list[Verdict], DeliveryResult | None]:
         record, now = job.run.leased.record, self.clock()
         schedule = self.settings.schedule
         connection = sent.connection
@@ -454,16 +487,17 @@ class QueueManager:
                     success_dsn=success_dsn,
                 )
             )
-            deliveries.append(
-                RecipientDelivery(
-                    rcpt.address, position, reply.code, reply.enhanced, reply.text, reply.remote
+            if want_result:
+                deliveries.append(
+                    RecipientDelivery(
+                        rcpt.address, position, reply.code, reply.enhanced, reply.text, reply.remote
+                    )
                 )
-            )
-            if connection is not None:
+            if connection is not None and not reply.success:
                 job.run.remote_mta[position] = connection.target.host
-        return verdicts, _result(deliveries, sent, job)
+        return verdicts, _result(deliveries, sent, job) if want_result else None
 
-    def _note_backoff(self, job: Job, sent: Sent, result: DeliveryResult) -> None:
+    def _note_backoff(self, job: Job, sent: Sent) -> None:
         """A 421 or a matching 4xx lowers the destination's limits for a while."""
         reply = sent.error.reply if sent.error is not None else None
         if reply is None and sent.done is not None:
@@ -473,7 +507,7 @@ class QueueManager:
         assert job.key is not None
         backoff_after_reply(
             self.settings.shaping,
-            self._fields(job.key, job, sent.connection),
+            self._fields(job.key, sent.connection),
             reply,
             self.limits,
             self.clock(),
