@@ -56,6 +56,7 @@ from mailwarden.spool.store import SpoolStore
 log = logging.getLogger("mailwarden.queue")
 
 SCRIPT_FAILURE_DELAY = 300.0  # pre_delivery raised: try again in 5 minutes, not counted
+DESTINATION_IDLE = 300.0  # seconds after which an unused destination is forgotten
 LIMITS_TTL = 1.0  # seconds a destination's shaping limits and the suspensions are reused
 NO_DOMAIN = DeliveryReply(550, "5.1.3", "recipient address has no domain")
 
@@ -240,6 +241,7 @@ class QueueManager:
             now = self.clock()
             if now >= renew_at:
                 await self._renew(now)
+                self._prune_destinations()
                 renew_at = now + settings.lease_duration / 3
             self._wake.clear()
             try:
@@ -263,6 +265,13 @@ class QueueManager:
             await self.store.renew_leases(
                 self.owner, now=now, duration=self.settings.lease_duration
             )
+
+    def _prune_destinations(self) -> None:
+        """Forget destinations idle for a while, so their number stays bounded."""
+        horizon = time.monotonic() - DESTINATION_IDLE
+        for key, destination in list(self.destinations.items()):
+            if destination.idle and destination.last_used < horizon and not destination.dead_error:
+                del self.destinations[key]
 
     async def _sleep_until_due(self, now: float) -> None:
         timeout = self.settings.poll_interval

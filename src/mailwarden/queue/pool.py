@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mailwarden.queue")
 
 TARGETS_TTL = 60.0  # seconds a resolved target list is reused for new connections
+DEAD_FOR = 60.0  # seconds a destination nobody could connect to is not tried again (Postfix:
+# "delivery temporarily suspended"), so a dead MX is tried once per round, not per message
 SLOT_RETRY = 0.25  # seconds before asking again for a slot another worker holds
 
 
@@ -64,11 +66,16 @@ class Destination:
         self._grow_handle: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_used = time.monotonic()
+        self.dead_until = 0.0
+        self.dead_error: DeliveryError | None = None
 
     # --- attempts in ------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
-        self.last_used = time.monotonic()
+        self.last_used = now = time.monotonic()
+        if self.dead_error is not None and now < self.dead_until and self.connections == 0:
+            self.manager.finished(job, Sent(error=self._suspended_error()))
+            return
         while self._idle:
             waiter = self._idle.popleft()
             if not waiter.done():
@@ -126,6 +133,7 @@ class Destination:
                 self._unreachable(job, error)
                 return
             connect_seconds = time.monotonic() - opened
+            self.dead_error = None
             limit = manager.messages_per_connection(self.key, job, connection)
             while job is not None:
                 await manager.pace(self.key, job, connection)
@@ -190,11 +198,24 @@ class Destination:
 
     def _unreachable(self, job: Job, error: DeliveryError) -> None:
         """Fail ``job`` with ``error``, and when no other connection of this destination is
-        working, every attempt waiting for it too (they would meet the same dead host)."""
+        working, every attempt waiting for it too (they would meet the same dead host); for
+        DEAD_FOR seconds then, new attempts fail at once without a connection."""
         self.manager.finished(job, Sent(error=error))
         if self.connections == 1:
+            if not error.permanent and error.stage in ("dns", "connect", "timeout", "greeting"):
+                self.dead_error, self.dead_until = error, time.monotonic() + DEAD_FOR
             while self.jobs:
                 self.manager.finished(self.jobs.popleft(), Sent(error=error))
+
+    def _suspended_error(self) -> DeliveryError:
+        assert self.dead_error is not None
+        reply = self.dead_error.reply
+        text = f"delivery temporarily suspended: {reply.text}"
+        return DeliveryError(
+            DeliveryReply(reply.code, reply.enhanced, text, reply.remote),
+            stage=self.dead_error.stage,
+            host=self.dead_error.host,
+        )
 
     # --- shutdown ----------------------------------------------------------------------
 
