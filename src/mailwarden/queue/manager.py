@@ -267,10 +267,12 @@ class QueueManager:
             )
 
     def _prune_destinations(self) -> None:
-        """Forget destinations idle for a while, so their number stays bounded."""
-        horizon = time.monotonic() - DESTINATION_IDLE
+        """Forget destinations idle for a while (and no longer marked dead), so their number
+        stays bounded."""
+        now = time.monotonic()
         for key, destination in list(self.destinations.items()):
-            if destination.idle and destination.last_used < horizon and not destination.dead_error:
+            forgettable = destination.idle and destination.dead_until < now
+            if forgettable and destination.last_used < now - DESTINATION_IDLE:
                 del self.destinations[key]
 
     async def _sleep_until_due(self, now: float) -> None:
