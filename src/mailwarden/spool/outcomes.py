@@ -34,6 +34,7 @@ class RecipientOutcome:
     last_reply: str = ""
     next_attempt: float | None = None  # kept as it is when None
     count_attempt: bool = False  # one more retry on the recipient's count
+    delay_notified: bool | None = None  # a delay DSN went out now (None: unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ _ENVELOPE = (
 )
 _RECIPIENT = (
     "message_id, position, address, params, metadata, state, reason, retry_count,"
-    " next_attempt, last_reply"
+    " next_attempt, last_reply, delay_notified"
 )
 
 
@@ -129,6 +130,7 @@ def _recipient(row: tuple) -> SpooledRecipient:
         retry_count=row[7],
         next_attempt=row[8],
         last_reply=row[9],
+        delay_notified=bool(row[10]),
     )
 
 
@@ -162,7 +164,8 @@ def _leased(
 _SET_STATE = """
 UPDATE recipients
 SET state = ?, reason = ?, retry_count = retry_count + ?,
-    next_attempt = coalesce(?, next_attempt), last_reply = ?
+    next_attempt = coalesce(?, next_attempt), last_reply = ?,
+    delay_notified = coalesce(?, delay_notified)
 WHERE message_id = ? AND position = ?
 """
 
@@ -184,6 +187,7 @@ def apply_outcomes(
                 int(r.count_attempt),
                 r.next_attempt,
                 r.last_reply,
+                None if r.delay_notified is None else int(r.delay_notified),
                 outcome.message_id,
                 r.position,
             )

@@ -97,7 +97,8 @@ def _pages(
         first, last = rows[0]["id"], rows[-1]["id"]
         recipients: dict[str, list[SpooledRecipient]] = {}
         for row in db.execute(
-            f"SELECT {_RECIPIENT} FROM recipients WHERE message_id BETWEEN ? AND ?"
+            f"SELECT {_recipient_columns(version)} FROM recipients"
+            " WHERE message_id BETWEEN ? AND ?"
             " ORDER BY message_id, position",
             (first, last),
         ):
@@ -122,7 +123,8 @@ def find_message(spool_dir: Path, message_id: str) -> SpoolRecord | None:
             if row is None:
                 continue
             rows = db.execute(
-                f"SELECT {_RECIPIENT} FROM recipients WHERE message_id = ? ORDER BY position",
+                f"SELECT {_recipient_columns(version)} FROM recipients"
+                " WHERE message_id = ? ORDER BY position",
                 (message_id,),
             )
             return _message(row, [_recipient(r) for r in rows], spool_dir)
@@ -173,6 +175,12 @@ _RECIPIENT = (
 )
 
 
+def _recipient_columns(version: int) -> str:
+    # Version 2 and older shards have no delay_notified column.
+    notified = "delay_notified" if version >= 3 else "0 AS delay_notified"
+    return f"{_RECIPIENT}, {notified}"
+
+
 def _envelope(version: int) -> str:
     # Version 1 shards (an older node may still be writing one) have no lease columns.
     leases = "leased_by, lease_until" if version >= 2 else "NULL AS leased_by, NULL AS lease_until"
@@ -189,6 +197,7 @@ def _recipient(row: sqlite3.Row) -> SpooledRecipient:
         retry_count=row["retry_count"],
         next_attempt=row["next_attempt"],
         last_reply=row["last_reply"],
+        delay_notified=bool(row["delay_notified"]),
     )
 
 

@@ -30,6 +30,7 @@ class SpooledRecipient:
     retry_count: int = 0
     next_attempt: float | None = None  # None when committed: due at once (the received time)
     last_reply: str = ""
+    delay_notified: bool = False  # a delay DSN went out for it (one warning, not one per retry)
 
     def __post_init__(self) -> None:
         if type(self.state) is not RecipientState:

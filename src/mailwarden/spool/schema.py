@@ -12,6 +12,9 @@ Version 2 (for delivery):
 - index ``recipients_due`` on ``recipients(state, next_attempt)``: the queue manager's query of
   due recipients; per-recipient ``retry_count``/``next_attempt`` are the ones that count, so
   the unused index on ``messages(next_attempt)`` goes (one index write less per message).
+
+Version 3: ``recipients.delay_notified``: a delay DSN (RFC 3464 action ``delayed``) went out
+for the recipient, so a warning is sent once, not at every retry.
 """
 
 from __future__ import annotations
@@ -82,10 +85,15 @@ def _add_column(db: sqlite3.Connection, table: str, column: str, declaration: st
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
+def _v2_to_v3(db: sqlite3.Connection) -> None:
+    _add_column(db, "recipients", "delay_notified", "INTEGER NOT NULL DEFAULT 0")
+
+
 # (version reached, step from the version before); in order, one per version.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _create_v1),
     (2, _v1_to_v2),
+    (3, _v2_to_v3),
 )
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
