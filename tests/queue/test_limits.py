@@ -127,19 +127,35 @@ def test_a_killed_process_frees_its_slots(tmp_path, limits):
 
 
 def test_slots_above_a_lowered_limit_count(tmp_path, limits):
+    # Backoff lowers a limit while connections are open: those holding high slots still
+    # count, so new connections wait until the total is below the new limit.
     key = "destination|destination=example.net"
-    holder = child("hold", tmp_path / "queue", key, 10, 5)  # slots 0..4
+    mine = [limits.acquire_connection(key, 10) for _ in range(3)]  # slots 0, 1, 2
+    holder = child("hold", tmp_path / "queue", key, 10, 2)  # slots 3 and 4
     try:
-        assert holder.stdout.readline().strip() == "held 5"
-        # Backoff halves the limit from 10 to 5, then 2: no new connection until enough close.
-        assert limits.acquire_connection(key, 5) is None
-        assert limits.acquire_connection(key, 2) is None
-        assert limits.acquire_connection(key, 6) is not None
-        assert limits.acquire_connection(key, 6) is None
+        assert holder.stdout.readline().strip() == "held 2"
+        for slot in mine:
+            slot.release()
+        assert limits.connections(key) == 2
+        assert limits.acquire_connection(key, 2) is None  # 2 open (3 and 4): at the limit
+        assert limits.acquire_connection(key, 1) is None
+        taken = limits.acquire_connection(key, 3)
+        assert taken is not None and taken.index == 0
+        assert limits.acquire_connection(key, 3) is None
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
     assert limits.acquire_connection(key, 2) is not None
+
+
+def test_own_slots_above_a_lowered_limit_count(limits):
+    key = "destination|destination=example.org"
+    slots = [limits.acquire_connection(key, 3) for _ in range(3)]  # 0, 1, 2
+    slots[0].release()
+    slots[1].release()
+    assert limits.acquire_connection(key, 2) is not None  # 2 is still open: 1 more fits
+    assert limits.acquire_connection(key, 2) is None
+    assert limits.connections(key) == 2
 
 
 # -- rates ----------------------------------------------------------------------------------
