@@ -34,7 +34,8 @@ now``, and then ``tat = now + count * T``. So successive messages are at least `
 time; a batch of ``count`` takes ``count`` slots at once, so a window can hold ``messages +
 count - 1``). It smooths rather than bursts: ``100/60`` sends one message every 0.6 s, never
 100 at once. The check and update are one SQL statement, so workers never race. ``now`` is
-``time.time()`` (the same clock in every process, and across restarts).
+``time.time()`` (the same clock in every process, and across restarts); a wall clock set back
+by *N* seconds holds a busy rate back by up to *N* seconds more, never lets it run faster.
 
 All calls are synchronous and take microseconds (an fcntl call per slot tried, one SQLite
 statement per rate or backoff call); they run on the event loop. The SQLite connections stay
