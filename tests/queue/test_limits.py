@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 import mailwarden
+from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.shaping import (
     BackoffState,
     DeliveryFields,
+    Rate,
     ShapingDefaults,
     ShapingRule,
     Suspension,
@@ -222,6 +224,27 @@ def test_backoff_state_is_shared(tmp_path, limits):
     assert list(limits.backoff_view()) == [key]
     limits.set_backoff(key, None)
     assert run_child("show-backoff", tmp_path / "queue", key) == "None"
+
+
+def test_a_421_seen_by_one_worker_lowers_the_limits_of_all(tmp_path, limits):
+    rule = ShapingRule("google", fields=("mx",), max_connections=8, rate=Rate(100, 60.0))
+    fields = DeliveryFields("gmail.com", mx="aspmx.l.google.com")
+    defaults = ShapingDefaults(max_connections=20)
+    before = limits.limits_for([rule], fields, defaults=defaults, now=1000.0)
+    assert before.connection_keys[1] == ("shaping:google|mx=aspmx.l.google.com", 8)
+    limits.record_reply(before, DeliveryReply(421, "4.7.0", "Try again later", True), 1000.0)
+    other_worker = NodeLimits(tmp_path / "queue")
+    after = other_worker.limits_for([rule], fields, defaults=defaults, now=1001.0)
+    other_worker.close()
+    assert after.connection_keys == (
+        ("destination|destination=gmail.com", 10),
+        ("shaping:google|mx=aspmx.l.google.com", 4),
+    )
+    assert after.rate_keys == (("shaping:google|mx=aspmx.l.google.com", 50, 60.0),)
+    # A success changes nothing: the limits come back with time (10 minutes a step).
+    limits.record_reply(after, DeliveryReply(250, "2.0.0", "OK", True), 1002.0)
+    assert limits.limits_for([rule], fields, defaults=defaults, now=1599.0) == after
+    assert limits.limits_for([rule], fields, defaults=defaults, now=1600.0) == before
 
 
 def test_a_suspension_written_by_one_process_is_seen_by_another(tmp_path, limits):

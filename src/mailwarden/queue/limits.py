@@ -57,6 +57,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.queue.shaping import (
     BackoffState,
     DeliveryFields,
@@ -64,6 +65,7 @@ from mailwarden.queue.shaping import (
     ShapingDefaults,
     ShapingRule,
     Suspension,
+    backoff_after_reply,
     check_field,
     limits_for,
 )
@@ -281,6 +283,16 @@ class NodeLimits:
     def backoff_view(self) -> Mapping[str, BackoffState]:
         """The backoff states as a read-only mapping read on demand (for ``limits_for``)."""
         return _BackoffView(self)
+
+    def record_reply(self, limits: Limits, reply: DeliveryReply, now: float) -> None:
+        """Feed a reply of an attempt made under ``limits`` to the backoff of every rule
+        group it counted under (:func:`~mailwarden.queue.shaping.backoff_after_reply`). Two
+        workers doing so at once write the same step: the cooldown makes the race harmless."""
+        for key, rule in limits.rules:
+            state = self.backoff(key)
+            after = backoff_after_reply(state, rule, reply, now)
+            if after != state:
+                self.set_backoff(key, after)
 
     # -- suspensions ---------------------------------------------------------------------
 
