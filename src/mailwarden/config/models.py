@@ -43,6 +43,7 @@ from mailwarden.config.listen import (
     parse_listen_address,
 )
 from mailwarden.config.locations import KeyPath, line_of
+from mailwarden.config.queue import QueueSettings, ShapingRules
 from mailwarden.smtp.address import Limits
 from mailwarden.smtp.protocol import BareLineEndings, ProtocolSettings
 
@@ -467,6 +468,8 @@ class Config(BaseModel):
     servers: list[ServerSettings] = Field(
         default_factory=lambda: [ServerSettings(id="default")], min_length=1
     )
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    shaping: ShapingRules = Field(default_factory=list)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
