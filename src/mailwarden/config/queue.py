@@ -287,6 +287,9 @@ class QueueSettings(BaseModel):
 
     model_config = _MODEL
 
+    deliver: bool = Field(
+        True, description="Deliver what is queued; false: keep it queued and attempt nothing."
+    )
     retry_intervals: Annotated[list[PositiveDuration], AfterValidator(_intervals)] = Field(
         default_factory=lambda: list(DEFAULT_INTERVALS),
         min_length=1,

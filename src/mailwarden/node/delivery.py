@@ -11,14 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden.config import Config
+from mailwarden.config.queue import shaping_rules
 from mailwarden.delivery.routes import RouteTable
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
 from mailwarden.policy.script import PolicyScript
 from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.manager import ManagerSettings, QueueManager
 from mailwarden.queue.plan import Planner
-from mailwarden.queue.schedule import RetrySchedule
-from mailwarden.queue.shaping import metadata_fields, rules_from_config
 from mailwarden.spool.store import SpoolStore
 
 
@@ -26,22 +25,19 @@ def manager_settings(config: Config) -> ManagerSettings:
     delivery, queue = config.delivery, config.queue
     return ManagerSettings(
         deliver=queue.deliver,
-        schedule=RetrySchedule(
-            intervals=tuple(queue.retry_intervals),
-            max_age=queue.max_age,
-            delay_warning=queue.delay_warning,
-        ),
+        schedule=queue.retry_schedule(),
         reporting_mta=config.node.hostname,
         lease_duration=queue.lease_duration,
         poll_interval=queue.poll_interval,
         connect_timeout=delivery.connect_timeout,
         idle_timeout=delivery.idle_timeout,
-        max_connections=delivery.max_connections_per_destination,
-        max_messages_per_connection=delivery.max_messages_per_connection,
+        defaults=queue.shaping_defaults(
+            delivery.max_connections_per_destination, delivery.max_messages_per_connection
+        ),
         allow_ip_literals=delivery.allow_ip_literals,
         ip_version=delivery.ip_version,
         hook_timeout=max(s.limits.hook_timeout for s in config.servers),
-        shaping=tuple(rules_from_config(config)),
+        shaping=shaping_rules(config.shaping),
     )
 
 
@@ -56,8 +52,19 @@ def planner(config: Config) -> Planner:
         helo=delivery.helo or config.node.hostname,
         source_ips=routes.default_route.source_ips,
         default_tls=default_tls,
-        shaping_metadata=tuple(metadata_fields(config)),
+        shaping_metadata=_shaping_metadata(config),
     )
+
+
+def _shaping_metadata(config: Config) -> tuple[str, ...]:
+    """The metadata keys any [[shaping]] rule groups by or matches on: destinations keep
+    messages apart by these values, so each connection carries one tenant's (or job's)."""
+    keys: set[str] = set()
+    for rule in shaping_rules(config.shaping):
+        for name in (*rule.fields, *rule.match):
+            if name.startswith("metadata."):
+                keys.add(name.removeprefix("metadata."))
+    return tuple(sorted(keys))
 
 
 def message_id_source(worker: int) -> Callable[[], str]:

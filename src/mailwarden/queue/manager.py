@@ -44,7 +44,14 @@ from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.plan import DestinationKey, Planner, group_by_domain
 from mailwarden.queue.pool import Destination, Sent
 from mailwarden.queue.schedule import RetrySchedule
-from mailwarden.queue.shaping import DeliveryFields, backoff_after_reply, limits_for
+from mailwarden.queue.shaping import (
+    DeliveryFields,
+    Limits,
+    ShapingDefaults,
+    ShapingRule,
+    Suspension,
+    limits_for,
+)
 from mailwarden.queue.verdicts import Verdict, apply_action, judge, override
 from mailwarden.smtp.client import Envelope, Recipient
 from mailwarden.spool.errors import SpoolError
@@ -72,12 +79,11 @@ class ManagerSettings:
     max_in_flight: int = 4000  # messages leased and not yet recorded, per worker
     connect_timeout: float = 30.0
     idle_timeout: float = 5.0
-    max_connections: int = 20  # per destination, when no shaping rule says otherwise
-    max_messages_per_connection: int = 100
     allow_ip_literals: bool = False
     ip_version: str = "any"
     hook_timeout: float = 60.0
-    shaping: tuple[Any, ...] = ()  # [[shaping]] rules (mailwarden.queue.shaping)
+    shaping: tuple[ShapingRule, ...] = ()  # [[shaping]] rules (mailwarden.queue.shaping)
+    defaults: ShapingDefaults = field(default_factory=ShapingDefaults)  # per destination
 
 
 class MessageRun:
@@ -173,7 +179,8 @@ class QueueManager:
         self._loop_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._limits_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
-        self._suspensions: list[Any] = []
+        self._suspensions: list[Suspension] = []
+        self._backoff = limits.backoff_view()
         self._suspensions_until = 0.0
         self.delivered = 0
         self.deferred = 0
@@ -387,9 +394,12 @@ class QueueManager:
             source_ip=(connection.source_ip if connection else "")
             or (key.source.address if key.source else ""),
             metadata=dict(key.shaping),
+            destination=key.hop.host if key.hop is not None else "",
         )
 
-    def _limits(self, key: DestinationKey, job: Job, connection: OutboundConnection | None):
+    def _limits(
+        self, key: DestinationKey, job: Job, connection: OutboundConnection | None
+    ) -> Limits:
         """The shaping limits for an attempt, worked out at most once a second per
         destination and remote (they change only with backoff, suspensions and reloads)."""
         now = self.clock()
@@ -404,8 +414,8 @@ class QueueManager:
         limits = limits_for(
             self.settings.shaping,
             fields,
-            defaults=self._defaults(key),
-            backoff=self.limits,
+            defaults=self.settings.defaults,
+            backoff=self._backoff,
             suspensions=self._suspensions,
             now=now,
         )
@@ -413,9 +423,6 @@ class QueueManager:
             self._limits_cache.clear()
         self._limits_cache[cache_key] = (now + LIMITS_TTL, limits)
         return limits
-
-    def _defaults(self, key: DestinationKey) -> Any:
-        return (self.settings.max_connections, self.settings.max_messages_per_connection)
 
     def _suspended(self, key: DestinationKey, job: Job) -> str | None:
         return self._limits(key, job, None).suspended
@@ -512,17 +519,17 @@ class QueueManager:
         """A 421 or a matching 4xx lowers the destination's limits for a while."""
         reply = sent.error.reply if sent.error is not None else None
         if reply is None and sent.done is not None:
-            reply = DeliveryReply.from_server(sent.done.data_reply or sent.done.mail_reply)
+            failed = [r.final for r in sent.done.recipients if not r.delivered]
+            if not failed:
+                return
+            reply = DeliveryReply.from_server(failed[0])
         if reply is None or reply.success:
             return
         assert job.key is not None
-        backoff_after_reply(
-            self.settings.shaping,
-            self._fields(job.key, sent.connection),
-            reply,
-            self.limits,
-            self.clock(),
-        )
+        limits = self._limits(job.key, job, sent.connection)
+        self.limits.record_reply(limits, reply, self.clock())
+        if any(self._backoff.get(key) is not None for key, _ in limits.rules):
+            self._limits_cache.clear()  # lowered limits apply to the next connections now
 
     async def _post_delivery(
         self, job: Job, verdicts: list[Verdict], result: DeliveryResult, script: PolicyScript
