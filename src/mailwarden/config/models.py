@@ -456,6 +456,10 @@ def _listeners_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
     return is_wildcard(host_a) or is_wildcard(host_b)
 
 
+# Here rather than at the top: config.delivery builds on the field types above.
+from mailwarden.config.delivery import DeliverySettings, RouteSettings  # noqa: E402
+
+
 class Config(BaseModel):
     """A whole configuration: the node, its spool and its listeners."""
 
@@ -467,6 +471,8 @@ class Config(BaseModel):
     servers: list[ServerSettings] = Field(
         default_factory=lambda: [ServerSettings(id="default")], min_length=1
     )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    routes: list[RouteSettings] = Field(default_factory=list)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
@@ -519,6 +525,29 @@ class Config(BaseModel):
                         )
                         break
                 bound.append((address, index, position))
+        if found:
+            raise _problems(found)
+        return self
+
+    @model_validator(mode="after")
+    def _routes_reachable(self) -> Config:
+        """A ``[[routes]]`` pattern an earlier route already matches (the same pattern, or
+        ``*``) can never be used: routes are tried in order, so it is a mistake in the file."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        first: dict[str, int] = {}
+        for index, route in enumerate(self.routes):
+            for position, pattern in enumerate(route.domains):
+                earlier = first.get("*", first.get(pattern))
+                if earlier is not None and earlier != index:
+                    found.append(
+                        (
+                            ("routes", index, "domains", position),
+                            f"{pattern!r} is never used: routes[{earlier}] before it already "
+                            f"matches {'every domain' if '*' in first else 'it'}",
+                        )
+                    )
+            for pattern in route.domains:
+                first.setdefault(pattern, index)
         if found:
             raise _problems(found)
         return self
