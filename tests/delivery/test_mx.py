@@ -112,6 +112,7 @@ async def test_servfail_is_temporary_4_4_3():
     error = await failure("example.broken.test")
     assert (error.reply.code, error.reply.enhanced) == (451, "4.4.3")
     assert not error.permanent
+    assert "SERVFAIL" in error.reply.text
 
 
 async def test_dns_timeout_is_temporary_4_4_3():

@@ -164,6 +164,13 @@ def test_routes_are_tried_in_order_and_the_default_route_takes_the_rest():
     assert RouteTable([first, second], default).route_for("other.example") is default
 
 
+def test_a_routes_domains_share_its_next_hop_as_destination():
+    relay = route(".example.net", hop="[10.0.0.1]:2525")
+    assert relay.destination("a.example.net") == relay.destination("b.example.net")
+    assert relay.destination("a.example.net") == "[10.0.0.1]:2525"
+    assert route("*").destination("Example.ORG.") == "example.org"
+
+
 # -- source addresses -----------------------------------------------------------------------
 
 POOL = tuple(

@@ -104,8 +104,6 @@ async def _query(name: str, rdtype: str) -> dns.resolver.Answer | _Missing:
         return _Missing.NXDOMAIN
     except (TimeoutError, dns.exception.Timeout):
         raise lib_dns.DnsError(name, rdtype, f"no answer within {lifetime:g}s") from None
-    except dns.resolver.NoNameservers:
-        raise lib_dns.DnsError(name, rdtype, "no server could answer (SERVFAIL)") from None
     except dns.exception.DNSException as error:
         raise lib_dns.DnsError(name, rdtype, str(error) or type(error).__name__) from None
     return answer if answer.rrset is not None else _Missing.NODATA
@@ -217,15 +215,12 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
         # RFC 5321 §5.1: no MX records, the domain itself is the (implicit) MX.
         return await _targets_of_hosts([(0, domain)], port, ip_version, rng, NOT_FOUND)
     assert not isinstance(answer, _Missing)
-    records = [(rdata.preference, rdata.exchange) for rdata in answer]
-    if len(records) == 1 and records[0][1] == dns.name.root:
-        raise _fail(NULL_MX, f"{domain} accepts no mail (RFC 7505)", domain)
     hosts = [
-        (preference, exchange.to_text(omit_final_dot=True).lower())
-        for preference, exchange in records
-        if exchange != dns.name.root  # "." among other MX records: no host, skipped
+        (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())
+        for rdata in answer
+        if rdata.exchange != dns.name.root  # "." among other MX records: no host, skipped
     ]
-    if not hosts:
+    if not hosts:  # only "." (RFC 7505 §3: a null MX is the domain's one MX record)
         raise _fail(NULL_MX, f"{domain} accepts no mail (RFC 7505)", domain)
     ordered = _shuffle_equal_preferences(hosts, rng)
     return await _targets_of_hosts(ordered, port, ip_version, rng, NO_ADDRESS)

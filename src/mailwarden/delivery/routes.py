@@ -185,6 +185,12 @@ class Route:
     def matches(self, domain: str) -> bool:
         return any(domain_matches(pattern, domain) for pattern in self.domains)
 
+    def destination(self, domain: str) -> str:
+        """What mail to ``domain`` is queued and limited under, as Postfix's "nexthop": the
+        route's next hop (``[10.0.0.5]:2525``, ``relay.example:587``) when it has one, since
+        every domain of the route then shares its connections; else the domain itself."""
+        return format_next_hop(self.next_hop) if self.next_hop else normalise_domain(domain)
+
     def source_for(self, key: str, *, for_address: str | None = None) -> SourceAddress | None:
         return choose_source(self.source_ips, key, for_address=for_address)
 
@@ -204,7 +210,7 @@ def domain_matches(pattern: str, domain: str) -> bool:
     if pattern == "*":
         return True
     if pattern.startswith("."):
-        return domain.endswith(pattern) and len(domain) > len(pattern)
+        return domain.endswith(pattern)  # the pattern's own dot: "badexample.net" fails
     return domain == pattern
 
 
