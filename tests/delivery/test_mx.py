@@ -66,6 +66,19 @@ async def test_ipv6_addresses_come_before_ipv4_for_each_host():
     assert set(addresses(targets[2:4])) == {"192.0.2.80", "192.0.2.81"}
 
 
+async def test_a_hosts_addresses_are_shuffled_within_each_family_reproducibly():
+    firsts = set()
+    for seed in range(20):
+        orders = {
+            tuple(addresses(await resolve_targets("dual.delivery.test", rng=random.Random(seed))))
+            for _ in range(3)
+        }
+        assert len(orders) == 1  # one seed, one order, however the DNS answers interleave
+        (order,) = orders
+        firsts.add(order[0])
+    assert firsts == {"2001:db8::80", "2001:db8::81"}
+
+
 @pytest.mark.parametrize(
     ("ip_version", "expected"),
     [

@@ -135,18 +135,18 @@ def _ip_of(text: str) -> _Address | None:
 
 @dataclass
 class _HostResult:
-    """The addresses of one host, IPv6 first, and the worst failure met on the way."""
+    """The addresses of one host per family, IPv6 first, and the failures met on the way."""
 
-    addresses: list[str]
+    families: list[list[str]]
     temporary: lib_dns.DnsError | None = None
     missing: str | None = None  # "name type: reason" of the last NXDOMAIN/NODATA
 
 
-async def _host_addresses(host: str, ip_version: str, rng: random.Random) -> _HostResult:
+async def _host_addresses(host: str, ip_version: str) -> _HostResult:
     literal = _ip_of(host)
     if literal is not None:  # an MX target or route host that is an address: use it
         if _family_allowed(literal, ip_version):
-            return _HostResult([str(literal)])
+            return _HostResult([[str(literal)]])
         return _HostResult([], missing=f"{host}: not an {ip_version} address")
     types = [t for t, v in (("AAAA", "ipv6"), ("A", "ipv4")) if ip_version in ("any", v)]
     answers = await asyncio.gather(*(_query(host, t) for t in types), return_exceptions=True)
@@ -159,9 +159,7 @@ async def _host_addresses(host: str, ip_version: str, rng: random.Random) -> _Ho
         elif isinstance(answer, _Missing):
             result.missing = f"name={host} type={rdtype}: {answer.value}"
         else:
-            family = [str(ipaddress.ip_address(rdata.address)) for rdata in answer]
-            rng.shuffle(family)  # smtp_randomize_addresses; the family order stays v6, v4
-            result.addresses += family
+            result.families.append([str(ipaddress.ip_address(r.address)) for r in answer])
     return result
 
 
@@ -183,14 +181,18 @@ async def _targets_of_hosts(
 ) -> list[Target]:
     """The targets of ``hosts`` in their order; when no host has an address, ``none_found``
     (permanent) unless a lookup failed temporarily."""
-    results = await asyncio.gather(*(_host_addresses(h, ip_version, rng) for _, h in hosts))
+    results = await asyncio.gather(*(_host_addresses(h, ip_version) for _, h in hosts))
     targets: list[Target] = []
     seen: set[str] = set()
     for (preference, host), result in zip(hosts, results, strict=True):
-        for address in result.addresses:
-            if address not in seen:
-                seen.add(address)
-                targets.append(Target(preference, host, address, port))
+        for family in result.families:  # IPv6, then IPv4
+            # Shuffled within the family (Postfix's smtp_randomize_addresses), here rather
+            # than as the answers arrive, so that a seeded rng gives one order.
+            rng.shuffle(family)
+            for address in family:
+                if address not in seen:
+                    seen.add(address)
+                    targets.append(Target(preference, host, address, port))
     if targets:
         return targets
     temporary = next((r.temporary for r in results if r.temporary is not None), None)
