@@ -220,6 +220,35 @@ def test_errors_name_file_line_and_key(tmp_path, text, line, key, message):
     assert message in found[0][2]
 
 
+def test_check_files_names_missing_ca_files_with_their_lines(tmp_path):
+    (tmp_path / "present.pem").write_text("")
+    path = write(
+        tmp_path,
+        """
+        [delivery]
+        tls_ca_file = "missing.pem"
+
+        [[routes]]
+        domains = ["a.example"]
+        tls_ca_file = "present.pem"
+
+        [[routes]]
+        domains = ["b.example"]
+        next_hop = "[10.0.0.5]"
+        tls_ca_file = "."
+        """,
+    )
+    config = load_config(path)
+    with pytest.raises(ConfigError) as caught:
+        config.check_files()
+    assert caught.value.problems == [
+        f"{path}:2: delivery.tls_ca_file: expected a readable PEM file, but "
+        f"{tmp_path / 'missing.pem'} does not exist",
+        f"{path}:11: routes[1].tls_ca_file: expected a readable PEM file, but "
+        f"{tmp_path} is not a regular file",
+    ]
+
+
 def test_config_check_reports_a_bad_route(tmp_path):
     path = write(tmp_path, '[[routes]]\ndomains = ["*"]\nnext_hop = "[10.0.0.5"\n')
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}

@@ -90,6 +90,20 @@ def _unique_addresses(value: list[SourceAddressSettings]) -> list[SourceAddressS
 SourcePool = Annotated[list[SourceAddressSettings], AfterValidator(_unique_addresses)]
 
 
+def _ca_file_problems(path: Path | None) -> list[tuple[str, str]]:
+    """``("tls_ca_file", problem)`` when the CA file is set but cannot be read."""
+    if path is None:
+        return []
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        return [("tls_ca_file", f"expected a readable PEM file, but {path} {what}")]
+    try:
+        path.open("rb").close()
+    except OSError as err:
+        return [("tls_ca_file", f"expected a readable PEM file, but {path}: {err.strerror}")]
+    return []
+
+
 def _tls_policy(
     mode: TlsMode, ca_file: Path | None, verify_name: str | None, source: str
 ) -> TlsPolicy:
@@ -135,6 +149,10 @@ class DeliverySettings(BaseModel):
         allow_inf_nan=False,
         description="Seconds an idle connection is kept for reuse.",
     )
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """``(key, problem)`` for each configured file that cannot be read."""
+        return _ca_file_problems(self.tls_ca_file)
 
     def tls_policy(self) -> TlsPolicy:
         """The TLS policy of the default route."""
@@ -213,6 +231,10 @@ class RouteSettings(BaseModel):
         if self.auth_username is None or self.auth_password is None:
             return None
         return (self.auth_username, self.auth_password)
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """``(key, problem)`` for each configured file that cannot be read."""
+        return _ca_file_problems(self.tls_ca_file)
 
     def tls_policy(self, delivery: DeliverySettings) -> TlsPolicy:
         """This route's TLS policy: its own keys, else ``[delivery]``'s."""

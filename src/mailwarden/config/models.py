@@ -433,6 +433,14 @@ class ServerSettings(BaseModel):
                 found.append((key, f"expected a readable file, but {path} cannot be read"))
         return found
 
+    def _delivery_file_problems(self) -> list[tuple[KeyPath, str]]:
+        found: list[tuple[KeyPath, str]] = [
+            (("delivery", key), text) for key, text in self.delivery.file_problems()
+        ]
+        for index, route in enumerate(self.routes):
+            found += [(("routes", index, key), text) for key, text in route.file_problems()]
+        return found
+
     def check_files(self) -> None:
         """Check that the script, certificate and key files exist and can be read.
 
@@ -461,7 +469,7 @@ from mailwarden.config.delivery import DeliverySettings, RouteSettings  # noqa: 
 
 
 class Config(BaseModel):
-    """A whole configuration: the node, its spool and its listeners."""
+    """A whole configuration: the node, its spool, its listeners, delivery and routes."""
 
     model_config = _MODEL
 
@@ -564,8 +572,17 @@ class Config(BaseModel):
         and the dotted key, as :class:`ConfigError` lines do."""
         return format_problem(self._file_name, line_of(self._key_lines, path), path, text)
 
+    def _delivery_file_problems(self) -> list[tuple[KeyPath, str]]:
+        found: list[tuple[KeyPath, str]] = [
+            (("delivery", key), text) for key, text in self.delivery.file_problems()
+        ]
+        for index, route in enumerate(self.routes):
+            found += [(("routes", index, key), text) for key, text in route.file_problems()]
+        return found
+
     def check_files(self) -> None:
-        """Check that every listener's script, certificate and key files can be read.
+        """Check that every listener's script, certificate and key files, and the CA files
+        of ``[delivery]`` and ``[[routes]]``, can be read.
 
         Raises :class:`ConfigError` listing each missing or unreadable file with the line of
         the key that names it.
@@ -576,5 +593,7 @@ class Config(BaseModel):
                 path = ("servers", index, key)
                 line = line_of(self._key_lines, path)
                 problems.append(format_problem(self._file_name, line, path, text))
+        for path, text in self._delivery_file_problems():
+            problems.append(self.describe_problem(path, text))
         if problems:
             raise ConfigError(problems)
