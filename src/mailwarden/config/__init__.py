@@ -11,11 +11,13 @@ and what was expected. See docs/configuration.md for every key.
 from mailwarden.config.errors import ConfigError
 from mailwarden.config.listen import format_listen_address, parse_listen_address
 from mailwarden.config.loader import default_config, load_config
-from mailwarden.config.models import (
+from mailwarden.config.models import (  # config.delivery is imported by models, never first
     DATA_DIR_ENV,
     Config,
+    DeliverySettings,
     LimitSettings,
     NodeSettings,
+    RouteSettings,
     ServerSettings,
     SpoolSettings,
 )
@@ -24,8 +26,10 @@ __all__ = [
     "DATA_DIR_ENV",
     "Config",
     "ConfigError",
+    "DeliverySettings",
     "LimitSettings",
     "NodeSettings",
+    "RouteSettings",
     "ServerSettings",
     "SpoolSettings",
     "default_config",

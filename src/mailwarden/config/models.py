@@ -434,6 +434,14 @@ class ServerSettings(BaseModel):
                 found.append((key, f"expected a readable file, but {path} cannot be read"))
         return found
 
+    def _delivery_file_problems(self) -> list[tuple[KeyPath, str]]:
+        found: list[tuple[KeyPath, str]] = [
+            (("delivery", key), text) for key, text in self.delivery.file_problems()
+        ]
+        for index, route in enumerate(self.routes):
+            found += [(("routes", index, key), text) for key, text in route.file_problems()]
+        return found
+
     def check_files(self) -> None:
         """Check that the script, certificate and key files exist and can be read.
 
@@ -457,8 +465,12 @@ def _listeners_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
     return is_wildcard(host_a) or is_wildcard(host_b)
 
 
+# Here rather than at the top: config.delivery builds on the field types above.
+from mailwarden.config.delivery import DeliverySettings, RouteSettings  # noqa: E402
+
+
 class Config(BaseModel):
-    """A whole configuration: the node, its spool and its listeners."""
+    """A whole configuration: the node, its spool, its listeners, delivery and routes."""
 
     model_config = _MODEL
 
@@ -468,6 +480,8 @@ class Config(BaseModel):
     servers: list[ServerSettings] = Field(
         default_factory=lambda: [ServerSettings(id="default")], min_length=1
     )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    routes: list[RouteSettings] = Field(default_factory=list)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     shaping: ShapingRules = Field(default_factory=list)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
@@ -526,6 +540,29 @@ class Config(BaseModel):
             raise _problems(found)
         return self
 
+    @model_validator(mode="after")
+    def _routes_reachable(self) -> Config:
+        """A ``[[routes]]`` pattern an earlier route already matches (the same pattern, or
+        ``*``) can never be used: routes are tried in order, so it is a mistake in the file."""
+        found: list[tuple[tuple[str | int, ...], str]] = []
+        first: dict[str, int] = {}
+        for index, route in enumerate(self.routes):
+            for position, pattern in enumerate(route.domains):
+                earlier = first.get("*", first.get(pattern))
+                if earlier is not None and earlier != index:
+                    found.append(
+                        (
+                            ("routes", index, "domains", position),
+                            f"{pattern!r} is never used: routes[{earlier}] before it already "
+                            f"matches {'every domain' if '*' in first else 'it'}",
+                        )
+                    )
+            for pattern in route.domains:
+                first.setdefault(pattern, index)
+        if found:
+            raise _problems(found)
+        return self
+
     def server(self, server_id: str) -> ServerSettings:
         """The listener with this id; raises ``KeyError`` if there is none."""
         for server in self.servers:
@@ -538,8 +575,17 @@ class Config(BaseModel):
         and the dotted key, as :class:`ConfigError` lines do."""
         return format_problem(self._file_name, line_of(self._key_lines, path), path, text)
 
+    def _delivery_file_problems(self) -> list[tuple[KeyPath, str]]:
+        found: list[tuple[KeyPath, str]] = [
+            (("delivery", key), text) for key, text in self.delivery.file_problems()
+        ]
+        for index, route in enumerate(self.routes):
+            found += [(("routes", index, key), text) for key, text in route.file_problems()]
+        return found
+
     def check_files(self) -> None:
-        """Check that every listener's script, certificate and key files can be read.
+        """Check that every listener's script, certificate and key files, and the CA files
+        of ``[delivery]`` and ``[[routes]]``, can be read.
 
         Raises :class:`ConfigError` listing each missing or unreadable file with the line of
         the key that names it.
@@ -550,5 +596,7 @@ class Config(BaseModel):
                 path = ("servers", index, key)
                 line = line_of(self._key_lines, path)
                 problems.append(format_problem(self._file_name, line, path, text))
+        for path, text in self._delivery_file_problems():
+            problems.append(self.describe_problem(path, text))
         if problems:
             raise ConfigError(problems)

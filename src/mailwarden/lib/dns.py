@@ -38,6 +38,7 @@ __all__ = [
     "TlsaRecord",
     "a",
     "aaaa",
+    "async_resolver",
     "configure",
     "dnsbl",
     "fcrdns",
@@ -173,6 +174,13 @@ def _build(kind: type[_R]) -> _R:
     # that a silent first server leaves time for the second (dnspython's per-try timeout).
     resolver.timeout = _settings.timeout / max(1, len(resolver.nameservers))
     return resolver
+
+
+def async_resolver() -> dns.asyncresolver.Resolver:
+    """The asyncio resolver with the configured servers and timeout, shared by this process:
+    the script library's lookups and delivery's MX resolution (:mod:`mailwarden.delivery.mx`,
+    which needs NXDOMAIN and NODATA apart) ask the same servers."""
+    return _async_resolver()
 
 
 def _async_resolver() -> dns.asyncresolver.Resolver:
