@@ -31,9 +31,10 @@ Commands, each allowed only in the states the table ``_ALLOWED`` names (else
   with its initial response (RFC 4616), LOGIN as the two 334 challenges ask (username, then
   password, each base64). Only in ``READY``, not inside a transaction and only once per session
   (RFC 4954 §4); the state is ``AUTH_SENT`` until the final reply, which emits :class:`AuthDone`
-  (235: ``authenticated`` is then True). A 334 the mechanism has no answer for is cancelled with
-  ``*`` (§4), and the server's reply to that ends the exchange as a failure. Neither the
-  password nor the encoded credentials appear in any exception or event.
+  (235, or any 2xx, since smtp-sink answers 250: ``authenticated`` is then True). A 334 the
+  mechanism has no answer for is cancelled with ``*`` (§4), and the server's reply to that ends
+  the exchange as a failure. Neither the password nor the encoded credentials appear in any
+  exception or event.
 - ``rset()`` (:class:`ResetDone`), ``quit()`` (:class:`QuitDone`, then :class:`ConnectionClosed`).
 
 Long lines (RFC 5321 §4.5.3.1.6, RFC 5322 §2.1.1: 998 octets before the CRLF). The receiving side
@@ -307,14 +308,15 @@ class TlsRefused:
 
 @dataclass(frozen=True)
 class AuthDone:
-    """The final reply to AUTH (RFC 4954 §6): 235 is success, anything else a failure."""
+    """The final reply to AUTH (RFC 4954 §6): 235 is success, anything else a failure. Any
+    2xx counts as success (smtp-sink, for one, answers 250)."""
 
     reply: ServerReply
     mechanism: str
 
     @property
     def accepted(self) -> bool:
-        return self.reply.code == 235
+        return self.reply.code // 100 == 2
 
 
 @dataclass(frozen=True)
@@ -731,7 +733,7 @@ class SmtpClientConnection:
                 self._send(b"*\r\n", "auth")
             return
         self._auth_responses.clear()
-        self.authenticated = reply.code == 235
+        self.authenticated = reply.code // 100 == 2
         self.state = ClientState.READY
         self._events.append(AuthDone(reply, self._auth_mechanism))
 
