@@ -95,13 +95,16 @@ from mailwarden.smtp.client import (
     TlsRefused,
     TransactionDone,
 )
-from mailwarden.smtp.errors import RemoteProtocolError
+from mailwarden.smtp.errors import LocalProtocolError, RemoteProtocolError
 from mailwarden.smtp.replies import Reply
 from mailwarden.smtp.reply_parser import ServerReply
 
 __all__ = ["ConnectOptions", "OutboundConnection", "TlsOutcome", "open_first"]
 
 READ_SIZE = 1 << 18  # one read takes every reply a pipelined group gets, and then some
+# A large message goes out in blocks, each under the §4.5.3.2.5 data block timeout, so a slow
+# but moving peer is not cut off by a timeout meant for one block.
+WRITE_BLOCK = 1 << 20
 QUIT_TIMEOUT = 2.0  # QUIT is a courtesy (RFC 5321 §4.1.1.10); nobody waits minutes for it
 
 # Which stage a failure while waiting for a reply belongs to (DeliveryError.stage).
@@ -191,6 +194,7 @@ class OutboundConnection:
         self._broken = False  # 421, lost, timed out, protocol error, failed handshake
         self._closed = False
         self._eof = False
+        self._awaited = "greeting"  # the reply the last read waited for, for error texts
 
     # ------------------------------------------------------------ opening
 
@@ -207,15 +211,24 @@ class OutboundConnection:
         except _PlaintextRetry as retry:
             conn._abort()
             conn = await cls._connect(target, options)
-            try:
-                await conn._start(tls_allowed=False, tls_failure=retry.failure)
-            except BaseException:
-                await conn.close()
-                raise
+            await conn._start_or_close(retry.failure)
+        except asyncio.CancelledError:
+            conn._abort()
+            raise
         except BaseException:
-            await conn.close()
+            await conn.close()  # QUIT after a refused greeting or EHLO (RFC 5321 §3.1)
             raise
         return conn
+
+    async def _start_or_close(self, tls_failure: str) -> None:
+        try:
+            await self._start(tls_allowed=False, tls_failure=tls_failure)
+        except asyncio.CancelledError:
+            self._abort()
+            raise
+        except BaseException:
+            await self.close()
+            raise
 
     @classmethod
     async def _connect(cls, target: Target, options: ConnectOptions) -> OutboundConnection:
@@ -319,7 +332,11 @@ class OutboundConnection:
             detail = f"{self._name} offers {' '.join(sorted(offered)) or 'no AUTH'}"
             reply = _local(replies.DELIVERY_AUTH_UNAVAILABLE, detail)
             raise DeliveryError(reply, stage="auth", host=self.target.host)
-        self._machine.auth(mechanism, username, password)
+        try:
+            self._machine.auth(mechanism, username, password)
+        except LocalProtocolError as error:  # a NUL in PLAIN credentials; never echoes them
+            reply = _local(replies.DELIVERY_AUTH_FAILED, str(error))
+            raise DeliveryError(reply, stage="auth", host=self.target.host) from None
         done = await self._next(AuthDone)
         assert isinstance(done, AuthDone)
         if done.accepted:
@@ -427,8 +444,8 @@ class OutboundConnection:
         out = machine.data_to_send()
         writer = self._writer
         try:
-            if out:
-                writer.write(out)
+            for start in range(0, len(out), WRITE_BLOCK):
+                writer.write(out[start : start + WRITE_BLOCK] if len(out) > WRITE_BLOCK else out)
                 if writer.transport.get_write_buffer_size():
                     # §4.5.3.2.5: each block of data may take this long to go out.
                     async with asyncio.timeout(self.options.timeouts.data_block):
@@ -447,8 +464,6 @@ class OutboundConnection:
         machine.receive_data(data)
 
     # ------------------------------------------------------------ errors
-
-    _awaited = "greeting"
 
     def _awaited_text(self) -> str:
         kind = self._awaited
