@@ -195,3 +195,16 @@ async def test_credentials_are_not_sent_in_plaintext_unless_the_route_says_none(
         await conn.close()
     assert (caught.value.stage, caught.value.reply.enhanced) == ("auth", "4.7.11")
     assert "s3cret" not in repr(opportunistic)
+
+
+async def test_a_message_of_several_write_blocks_arrives_whole(tmp_path: Path) -> None:
+    lines = [b"line %07d " % number + b"y" * 60 for number in range(50_000)]  # ~3.5 MB
+    message = b"Subject: big\r\n\r\n" + b"\r\n".join(lines) + b"\r\n"
+    with smtp_sink(tmp_path) as sink:
+        conn = await OutboundConnection.open(target(sink.port), OPTIONS)
+        done = await conn.send(Envelope("s@x.example", ["a@example.org"]), message)
+        assert conn.usable
+        await conn.close()
+        (dump,) = sink.messages()
+    assert done.delivered == ("a@example.org",)
+    assert dump.endswith(b"\n".join(lines) + b"\n\n")
