@@ -151,3 +151,20 @@ async def test_a_5000_octet_line_arrives_as_postfix_sends_it(tmp_path: Path) -> 
     pieces = [line[:998]] + [b" " + line[i : i + 997] for i in range(998, 5000, 997)]
     assert body == b"\r\n".join(pieces) + b"\r\nlast\r\n"
     assert [len(piece) for piece in pieces] == [998, 998, 998, 998, 998, 15]
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_usable() -> None:
+    async def hangs_up_after_ehlo(reader, writer, log):
+        writer.write(b"220 peer.test.example ESMTP\r\n")
+        await command(reader, log)
+        writer.write(b"250 peer.test.example\r\n")
+        await writer.drain()
+
+    async with scripted_peer(hangs_up_after_ehlo) as (port, _):
+        conn = await OutboundConnection.open(target(port), tls_options(TlsMode.NONE))
+        for _ in range(100):  # until the loop has read the close
+            if not conn.usable:
+                break
+            await asyncio.sleep(0.01)
+        assert not conn.usable
+        await conn.close()

@@ -351,8 +351,12 @@ class OutboundConnection:
 
     @property
     def usable(self) -> bool:
-        """Open, between transactions, no 421 or failure seen: ``send()`` may be called."""
-        return not (self._closed or self._broken) and self._machine.state is ClientState.READY
+        """Open, between transactions, no 421 or failure seen: ``send()`` may be called. A
+        server that hung up while the connection was idle is seen here once its close has been
+        read; a 421 it sent while idle surfaces as the next ``send()``'s DeliveryError."""
+        if self._closed or self._broken or self._reader.at_eof():
+            return False
+        return self._machine.state is ClientState.READY
 
     async def send(self, envelope: Envelope, message: bytes) -> TransactionDone:
         """One transaction; the per-recipient results as the client machine gives them.
