@@ -1,11 +1,14 @@
 """Fixtures of the delivery tests: a real DNS server (nsd) on loopback serving the zones the MX
-tests resolve, and the node's resolver (``[node] dns_servers``) pointed at it."""
+tests resolve, the node's resolver (``[node] dns_servers``) pointed at it, and trustme
+certificates for a ``mailwarden run`` TLS peer."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 from tests.support.dns_server import DnsServer, dns_server
 
 from mailwarden.lib import dns
@@ -100,3 +103,29 @@ def resolver(nsd: DnsServer) -> Iterator[DnsServer]:
     dns.configure([nsd.address], timeout=3.0)
     yield nsd
     dns.configure()
+
+
+# The name the peer node's certificate is issued for (also its [node] hostname).
+PEER_NAME = "mx.test.example"
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_keys(tmp_path: Path, ca: trustme.CA) -> str:
+    """Certificate and key for the peer node; the ``[[servers]]`` keys that select them."""
+    cert = ca.issue_cert(PEER_NAME, "127.0.0.1")
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    return 'tls_certificate = "cert.pem"\ntls_key = "key.pem"\n'
+
+
+@pytest.fixture
+def ca_file(tmp_path: Path, ca: trustme.CA) -> Path:
+    """The test CA as a PEM bundle, for TlsPolicy.ca_file."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path

@@ -27,7 +27,28 @@ Commands, each allowed only in the states the table ``_ALLOWED`` names (else
   ``send_message`` can reuse the connection. A message larger than the server's SIZE
   (RFC 1870 §6) raises :class:`MessageTooLarge`, one that needs SMTPUTF8 from a server without it
   raises :class:`ExtensionMissing` (RFC 6531 §3.4), both before anything is sent.
+- ``auth(mechanism, username, password)`` when the server offers the mechanism (RFC 4954): PLAIN
+  with its initial response (RFC 4616), LOGIN as the two 334 challenges ask (username, then
+  password, each base64). Only in ``READY``, not inside a transaction and only once per session
+  (RFC 4954 §4); the state is ``AUTH_SENT`` until the final reply, which emits :class:`AuthDone`
+  (235, or any 2xx, since smtp-sink answers 250: ``authenticated`` is then True). A 334 the
+  mechanism has no answer for is cancelled with ``*`` (§4), and the server's reply to that ends
+  the exchange as a failure. Neither the password nor the encoded credentials appear in any
+  exception or event.
 - ``rset()`` (:class:`ResetDone`), ``quit()`` (:class:`QuitDone`, then :class:`ConnectionClosed`).
+
+Long lines (RFC 5321 §4.5.3.1.6, RFC 5322 §2.1.1: 998 octets before the CRLF). The receiving side
+accepts longer lines; on the way out they are broken as Postfix's SMTP client does with its
+``smtp_line_length_limit`` (default 998): after every ``line_length_limit`` octets a CRLF is
+inserted and the rest of the line continues after one SPACE, so each piece, the space included,
+is at most 998 octets; a line of exactly 998 octets is sent as it is. The space makes the pieces
+of a header line its folded continuation lines (RFC 5322 §2.2.3) and keeps a piece from starting
+with a dot; that is why Postfix chose it ("to minimize the damage to MIME formatted mail").
+Dot-stuffing applies to the original line start only, so a stuffed line may carry 999 octets, the
+duplicated dot not counting (§4.5.3.1.6). The same applies to BDAT chunks, and SIZE announces the
+broken message. ``line_length_limit=0`` sends lines as they are (Postfix's 0). Content is changed
+only where a line was too long to send anyway; a DKIM signature over such a line does not survive,
+as with Postfix.
 
 The peer's misbehaviour (a line that is not a reply, a code of the wrong class for the command,
 a reply nobody asked for, bytes after the 220 to STARTTLS, the connection closed while a reply is
@@ -36,11 +57,14 @@ A 421 (RFC 5321 §3.8) answers every command still waiting, ends the transaction
 leaves the machine ``CLOSING``.
 
 Timeouts are the caller's: ``current_timeout()`` says which of the RFC 5321 §4.5.3.2 values
-(:data:`TIMEOUTS`) applies to the reply awaited now.
+(the ``timeouts`` given, by default :data:`TIMEOUTS`) applies to the reply awaited now, and
+``awaiting`` names that reply (``"mail"``, ``"data_end"``, ...) for error messages.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,8 +75,10 @@ from mailwarden.smtp.errors import LocalProtocolError, RemoteProtocolError
 from mailwarden.smtp.reply_parser import ReplyError, ReplyParser, ServerReply
 
 __all__ = [
+    "LINE_LENGTH_LIMIT",
     "NEED_DATA",
     "TIMEOUTS",
+    "AuthDone",
     "ClientState",
     "ConnectionClosed",
     "Envelope",
@@ -70,9 +96,11 @@ __all__ = [
     "ResetDone",
     "ServerClosing",
     "SmtpClientConnection",
+    "Timeouts",
     "TlsReady",
     "TlsRefused",
     "TransactionDone",
+    "fold_long_lines",
 ]
 
 
@@ -91,6 +119,8 @@ class Timeouts:
 TIMEOUTS = Timeouts()
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # BDAT chunk (RFC 3030 leaves the size to the client)
+# RFC 5322 §2.1.1 / RFC 5321 §4.5.3.1.6: 998 octets before the CRLF; Postfix's default too.
+LINE_LENGTH_LIMIT = 998
 
 
 class ClientState(Enum):
@@ -99,6 +129,7 @@ class ClientState(Enum):
     REFUSED = "REFUSED"  # greeting other than 220 (RFC 5321 §3.1): only QUIT is left
     HELLO_SENT = "HELLO_SENT"
     READY = "READY"  # EHLO/HELO accepted, no transaction
+    AUTH_SENT = "AUTH_SENT"  # AUTH (RFC 4954) until its final reply
     STARTTLS_SENT = "STARTTLS_SENT"
     AWAITING_TLS = "AWAITING_TLS"  # 220 to STARTTLS: the caller does the handshake now
     TRANSACTION = "TRANSACTION"  # MAIL .. end of data (or the RSET that ends a failed one)
@@ -115,6 +146,7 @@ _ALLOWED: Mapping[str, frozenset[ClientState]] = {
     "ehlo": frozenset({S.GREETED}),
     "starttls": frozenset({S.READY}),
     "tls_established": frozenset({S.AWAITING_TLS}),
+    "auth": frozenset({S.READY}),  # RFC 4954 §4: not during a mail transaction
     "send_message": frozenset({S.READY}),
     "rset": frozenset({S.READY}),
     "quit": frozenset({S.GREETED, S.REFUSED, S.READY}),
@@ -275,6 +307,19 @@ class TlsRefused:
 
 
 @dataclass(frozen=True)
+class AuthDone:
+    """The final reply to AUTH (RFC 4954 §6): 235 is success, anything else a failure. Any
+    2xx counts as success (smtp-sink, for one, answers 250)."""
+
+    reply: ServerReply
+    mechanism: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply.code // 100 == 2
+
+
+@dataclass(frozen=True)
 class RecipientReply:
     recipient: str
     reply: ServerReply
@@ -329,6 +374,7 @@ Event = (
     | HelloDone
     | TlsReady
     | TlsRefused
+    | AuthDone
     | RecipientReply
     | TransactionDone
     | ResetDone
@@ -352,6 +398,29 @@ def normalize_line_ends(message: bytes) -> bytes:
     if message and not message.endswith(b"\r\n"):
         message += b"\r\n"
     return message
+
+
+@functools.lru_cache(maxsize=8)
+def _long_line(limit: int) -> re.Pattern[bytes]:
+    # Anchored at line starts (MULTILINE), so a search costs one pass over the message.
+    return re.compile(rb"^[^\r\n]{%d}" % (limit + 1), re.MULTILINE)
+
+
+def fold_long_lines(message: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
+    """Break the lines of a CRLF-normalised message longer than ``limit`` octets as Postfix's
+    ``smtp_line_length_limit`` does (see the module docstring): ``limit`` octets, CRLF, then
+    SPACE and up to ``limit - 1`` more, and so on. ``limit`` 0 leaves the message alone."""
+    if limit <= 0 or len(message) <= limit or not _long_line(limit).search(message):
+        return message
+    step = limit - 1  # a continuation piece is SPACE plus this many octets
+    out: list[bytes] = []
+    for line in message.split(b"\r\n"):
+        if len(line) <= limit:
+            out.append(line)
+            continue
+        out.append(line[:limit])
+        out.extend(b" " + line[start : start + step] for start in range(limit, len(line), step))
+    return b"\r\n".join(out)
 
 
 def dot_stuff(message: bytes) -> bytes:
@@ -380,29 +449,32 @@ class _Transaction:
         return [i for i, r in enumerate(self.rcpt_replies) if r.code // 100 == 2]
 
 
-# What a pending reply answers; the allowed positive class is checked per kind.
-_POSITIVE = {
-    "greeting": 2,
-    "ehlo": 2,
-    "helo": 2,
-    "starttls": 2,
-    "mail": 2,
-    "rcpt": 2,
-    "data": 3,
-    "data_end": 2,
-    "bdat": 2,
-    "bdat_last": 2,
-    "rset": 2,
-    "quit": 2,
+# What a pending reply answers; the allowed positive classes are checked per kind (4 and 5 are
+# always allowed).
+_POSITIVE: Mapping[str, tuple[int, ...]] = {
+    "greeting": (2,),
+    "ehlo": (2,),
+    "helo": (2,),
+    "starttls": (2,),
+    "auth": (2, 3),  # RFC 4954 §4: 334 continues the exchange, 235 ends it
+    "mail": (2,),
+    "rcpt": (2,),
+    "data": (3,),
+    "data_end": (2,),
+    "bdat": (2,),
+    "bdat_last": (2,),
+    "rset": (2,),
+    "quit": (2,),
 }
+# Which Timeouts field applies to each awaited reply (the rest: ``command``).
 _TIMEOUT_OF = {
-    "greeting": TIMEOUTS.greeting,
-    "mail": TIMEOUTS.mail,
-    "rcpt": TIMEOUTS.rcpt,
-    "data": TIMEOUTS.data_start,
-    "data_end": TIMEOUTS.data_end,
-    "bdat": TIMEOUTS.data_block,
-    "bdat_last": TIMEOUTS.data_end,
+    "greeting": "greeting",
+    "mail": "mail",
+    "rcpt": "rcpt",
+    "data": "data_start",
+    "data_end": "data_end",
+    "bdat": "data_block",
+    "bdat_last": "data_end",
 }
 
 
@@ -416,9 +488,14 @@ class SmtpClientConnection:
         lmtp: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         use_chunking: bool = True,
+        timeouts: Timeouts = TIMEOUTS,
+        line_length_limit: int = LINE_LENGTH_LIMIT,
     ) -> None:
         self.local_hostname = local_hostname
         self.lmtp = lmtp
+        self.timeouts = timeouts
+        self.line_length_limit = line_length_limit  # 0: lines go out as they are
+        self.authenticated = False
         self.use_chunking = use_chunking  # False: DATA even when CHUNKING is offered
         self.chunk_size = chunk_size
         self.state = ClientState.CONNECTED
@@ -429,6 +506,8 @@ class SmtpClientConnection:
         self._events: deque[Event] = deque()
         self._outgoing: list[bytes] = []
         self._txn: _Transaction | None = None
+        self._auth_mechanism = ""
+        self._auth_responses: deque[bytes] = deque()  # what each 334 gets, in order
         self._eof = False
         self._close_reported = False
         self._error: RemoteProtocolError | None = None
@@ -480,7 +559,12 @@ class SmtpClientConnection:
         """The RFC 5321 §4.5.3.2 timeout for the reply awaited now; None when none is due."""
         if not self._pending:
             return None
-        return _TIMEOUT_OF.get(self._pending[0], TIMEOUTS.command)
+        return getattr(self.timeouts, _TIMEOUT_OF.get(self._pending[0], "command"))
+
+    @property
+    def awaiting(self) -> str | None:
+        """The reply awaited now (``"greeting"``, ``"ehlo"``, ``"mail"``, ``"data_end"``, ...)."""
+        return self._pending[0] if self._pending else None
 
     # ------------------------------------------------------------ commands
 
@@ -503,6 +587,31 @@ class SmtpClientConnection:
         self.extensions = Extensions()
         self.state = ClientState.GREETED
 
+    def auth(self, mechanism: str, username: str, password: str) -> None:
+        """AUTH PLAIN or LOGIN (RFC 4954 §4); :class:`AuthDone` carries the outcome."""
+        self._check("auth")
+        mechanism = mechanism.upper()
+        if self.authenticated:
+            raise LocalProtocolError("already authenticated (RFC 4954 §4)", self.state.value)
+        if mechanism not in self.extensions.auth:
+            raise LocalProtocolError(f"AUTH {mechanism} was not offered", self.state.value)
+        user, secret = username.encode("utf-8"), password.encode("utf-8")
+        if mechanism == "PLAIN":
+            # RFC 4616 §2: [authzid] NUL authcid NUL passwd; a NUL inside either breaks it.
+            if b"\0" in user or b"\0" in secret:
+                raise LocalProtocolError("NUL in the AUTH PLAIN credentials", self.state.value)
+            line = b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + secret) + b"\r\n"
+            responses: list[bytes] = []
+        elif mechanism == "LOGIN":
+            line = b"AUTH LOGIN\r\n"
+            responses = [base64.b64encode(user) + b"\r\n", base64.b64encode(secret) + b"\r\n"]
+        else:
+            raise LocalProtocolError(f"AUTH {mechanism} is not implemented", self.state.value)
+        self._auth_mechanism = mechanism
+        self._auth_responses = deque(responses)
+        self._send(line, "auth")
+        self.state = ClientState.AUTH_SENT
+
     def send_message(self, envelope: Envelope, message: bytes) -> None:
         self._check("send_message")
         recipients = envelope.recipient_list()
@@ -511,7 +620,7 @@ class SmtpClientConnection:
         ext = self.extensions
         if envelope.smtputf8 and not ext.smtputf8:
             raise ExtensionMissing("SMTPUTF8")
-        normalized = normalize_line_ends(message)
+        normalized = fold_long_lines(normalize_line_ends(message), self.line_length_limit)
         limit = ext.size
         if limit is not None and len(normalized) > limit:
             raise MessageTooLarge(len(normalized), limit)
@@ -574,7 +683,7 @@ class SmtpClientConnection:
             return
         kind = self._pending.popleft()
         digit = reply.code // 100
-        if digit not in (_POSITIVE[kind], 4, 5):
+        if digit not in _POSITIVE[kind] and digit not in (4, 5):
             message = f"reply code {reply.code} is not an answer to {kind}"
             self._fail(RemoteProtocolError(message, reply.raw))
             return
@@ -614,6 +723,19 @@ class SmtpClientConnection:
         else:
             self.state = ClientState.READY
             self._events.append(TlsRefused(reply))
+
+    def _on_auth(self, reply: ServerReply) -> None:
+        if reply.code == 334:
+            # The next response; "*" cancels a challenge the mechanism cannot answer (§4).
+            if self._auth_responses:
+                self._send(self._auth_responses.popleft(), "auth")
+            else:
+                self._send(b"*\r\n", "auth")
+            return
+        self._auth_responses.clear()
+        self.authenticated = reply.code // 100 == 2
+        self.state = ClientState.READY
+        self._events.append(AuthDone(reply, self._auth_mechanism))
 
     def _on_mail(self, reply: ServerReply) -> None:
         txn = self._txn

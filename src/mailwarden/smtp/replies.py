@@ -226,6 +226,29 @@ SCRIPT_ERROR_AT_CONNECT = Reply(421, "4.3.2", "Try again later")
 SCRIPT_DEFER = Reply(451, "4.7.1", "Try again later")
 SCRIPT_REJECT = Reply(550, "5.7.1", "Rejected by policy")
 
+# --- Outbound delivery: our own verdict on an attempt (the Status of a DSN, RFC 3463) ---------
+# delivery/connection.py turns these into DeliveryReply (remote=False) and adds the detail.
+# X.4.1 "no answer from host": the connection was never established (refused, unreachable,
+# timed out); X.4.2 "bad connection": it was, then failed (RFC 3463 §3.5).
+DELIVERY_CONNECT_FAILED = Reply(451, "4.4.1", "Connection failed")
+DELIVERY_REPLY_TIMEOUT = Reply(451, "4.4.2", "Timed out waiting for the remote server")
+DELIVERY_CONNECTION_LOST = Reply(451, "4.4.2", "Lost connection with the remote server")
+DELIVERY_PROTOCOL_ERROR = Reply(451, "4.5.0", "Remote server protocol error")
+# X.7.4 "security features not supported", X.7.5 "cryptographic failure" (RFC 3463 §3.8).
+DELIVERY_TLS_NOT_OFFERED = Reply(454, "4.7.4", "TLS is required, but was not offered")
+DELIVERY_TLS_FAILED = Reply(454, "4.7.5", "TLS failed")
+DELIVERY_TLS_CONFIG = Reply(454, "4.7.0", "Client TLS configuration problem")
+# X.7.11 "encryption required for requested authentication mechanism" (RFC 4954 §6).
+DELIVERY_AUTH_NEEDS_TLS = Reply(454, "4.7.11", "Credentials are not sent without TLS")
+DELIVERY_AUTH_UNAVAILABLE = Reply(
+    454, "4.7.0", "The remote server offers neither AUTH PLAIN nor LOGIN"
+)
+# A 5xx to AUTH defers rather than bounces (as Postfix's smtp_sasl_auth_soft_bounce): a
+# wrong password in the route should not return every message.
+DELIVERY_AUTH_FAILED = Reply(454, "4.7.8", "Authentication failed")
+DELIVERY_MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the remote server's limit")
+DELIVERY_NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "The remote server does not support SMTPUTF8")
+
 
 def greeting(hostname: str, banner: str = "ESMTP Mailwarden") -> Reply:
     return Reply(220, "", f"{hostname} {banner}")
