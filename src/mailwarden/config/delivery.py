@@ -126,6 +126,7 @@ class DeliverySettings(BaseModel):
     ip_version: Literal["any", "ipv4", "ipv6"] = Field(
         "any", description="Which addresses of a host to connect to."
     )
+    port: int = Field(25, ge=1, le=65535, description="TCP port of MX hosts and address literals.")
     connect_timeout: float = Field(
         30.0, gt=0, le=600, allow_inf_nan=False, description="Seconds a TCP connect may take."
     )

@@ -228,7 +228,9 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
     return await _targets_of_hosts(ordered, port, ip_version, rng, NO_ADDRESS)
 
 
-def _literal_target(domain: str, allow_ip_literals: bool, ip_version: str) -> Target:
+def _literal_target(
+    domain: str, allow_ip_literals: bool, ip_version: str, port: int = SMTP_PORT
+) -> Target:
     """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3) as its one target."""
     if not allow_ip_literals:
         raise _fail(LITERAL_REFUSED, f"{domain} (delivery.allow_ip_literals is off)", domain)
@@ -239,7 +241,7 @@ def _literal_target(domain: str, allow_ip_literals: bool, ip_version: str) -> Ta
         raise _fail(BAD_LITERAL, domain, domain)
     if not _family_allowed(address, ip_version):
         raise _fail(NO_ADDRESS, f"{domain} is not an {ip_version} address", domain)
-    return Target(0, domain, str(address), SMTP_PORT)
+    return Target(0, domain, str(address), port)
 
 
 async def resolve_targets(
@@ -249,13 +251,15 @@ async def resolve_targets(
     allow_ip_literals: bool = False,
     ip_version: str = "any",
     rng: random.Random | None = None,
+    port: int = SMTP_PORT,
 ) -> list[Target]:
     """The ordered connection targets for a recipient domain, or for a route's next hop.
 
     MX by preference, random among equal preferences, each host's IPv6 addresses before IPv4
     ones (``ip_version`` "ipv4"/"ipv6" restricts); no MX: the domain's own A/AAAA (RFC 5321
     §5.1); ``hop`` ``[host]:port``: no MX lookup; ``host:port``: MX lookup of ``host``. The
-    module docstring says what Postfix behaviour each case follows.
+    module docstring says what Postfix behaviour each case follows. ``port``: where MX hosts
+    and address literals are reached (25; ``[delivery] port``); a next hop has its own.
 
     Raises DeliveryError (stage ``dns``): null MX (RFC 7505) 556 5.1.10; NXDOMAIN, or no
     address for any MX host, 550 5.4.4; DNS timeout/SERVFAIL 451 4.4.3 (temporary); an address
@@ -270,5 +274,5 @@ async def resolve_targets(
         return await _targets_of_hosts([(0, hop.host)], hop.port, ip_version, rng, NOT_FOUND)
     domain = domain.strip().lower().rstrip(".")
     if domain.startswith("[") and domain.endswith("]"):
-        return [_literal_target(domain, allow_ip_literals, ip_version)]
-    return await _mx_targets(domain, SMTP_PORT, ip_version, rng)
+        return [_literal_target(domain, allow_ip_literals, ip_version, port)]
+    return await _mx_targets(domain, port, ip_version, rng)

@@ -13,7 +13,6 @@ from pathlib import Path
 from mailwarden.config import Config
 from mailwarden.config.queue import shaping_rules
 from mailwarden.delivery.routes import RouteTable
-from mailwarden.delivery.tls import TlsMode, TlsPolicy
 from mailwarden.policy.script import PolicyScript
 from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.manager import ManagerSettings, QueueManager
@@ -36,22 +35,16 @@ def manager_settings(config: Config) -> ManagerSettings:
         ),
         allow_ip_literals=delivery.allow_ip_literals,
         ip_version=delivery.ip_version,
+        port=delivery.port,
         hook_timeout=max(s.limits.hook_timeout for s in config.servers),
         shaping=shaping_rules(config.shaping),
     )
 
 
 def planner(config: Config) -> Planner:
-    delivery = config.delivery
-    routes = RouteTable.from_config(config)
-    default_tls = TlsPolicy(
-        TlsMode(delivery.tls), delivery.tls_verify_name, delivery.tls_ca_file, source="config"
-    )
     return Planner(
-        routes=routes,
-        helo=delivery.helo or config.node.hostname,
-        source_ips=routes.default_route.source_ips,
-        default_tls=default_tls,
+        routes=RouteTable.from_config(config),
+        helo=config.delivery.helo or config.node.hostname,
         shaping_metadata=_shaping_metadata(config),
     )
 

@@ -81,6 +81,7 @@ class ManagerSettings:
     idle_timeout: float = 5.0
     allow_ip_literals: bool = False
     ip_version: str = "any"
+    port: int = 25  # of MX hosts ([delivery] port)
     hook_timeout: float = 60.0
     shaping: tuple[ShapingRule, ...] = ()  # [[shaping]] rules (mailwarden.queue.shaping)
     defaults: ShapingDefaults = field(default_factory=ShapingDefaults)  # per destination
@@ -325,9 +326,9 @@ class QueueManager:
                     )
                 self._group_done(run)
                 continue
-            attempt = self.planner.attempt(record, domain, positions)
-            route_tls = self.planner.routes.route_for(domain).tls
-            job = Job(run, attempt, positions, route_tls=route_tls)
+            route = self.planner.routes.route_for(domain)
+            attempt = self.planner.attempt(record, domain, positions, route)
+            job = Job(run, attempt, positions, route_tls=route.tls)
             if script is not None and PRE_DELIVERY.name in script.hooks:
                 self._spawn(self._pre_delivery(job, script))
             else:

@@ -16,9 +16,10 @@ from mailwarden.delivery.connection import ConnectOptions
 from mailwarden.delivery.errors import DeliveryError, DeliveryReply
 from mailwarden.delivery.routes import (
     NextHop,
+    Route,
     RouteTable,
     SourceAddress,
-    choose_source,
+    format_next_hop,
     parse_next_hop,
 )
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
@@ -43,10 +44,7 @@ class DestinationKey:
     @property
     def name(self) -> str:
         """How logs and the CLI name the destination."""
-        if self.hop is None:
-            return self.domain
-        host = f"[{self.hop.host}]" if not self.hop.mx_lookup else self.hop.host
-        return f"{host}:{self.hop.port}"
+        return self.domain if self.hop is None else format_next_hop(self.hop)
 
     def options(self, connect_timeout: float, timeouts: Timeouts = TIMEOUTS) -> ConnectOptions:
         return ConnectOptions(
@@ -81,19 +79,16 @@ class Planner:
 
     routes: RouteTable
     helo: str
-    source_ips: tuple[SourceAddress, ...]
-    default_tls: TlsPolicy
     shaping_metadata: tuple[str, ...] = ()  # metadata keys some [[shaping]] rule groups by
 
     def attempt(
-        self, record: SpoolRecord, domain: str, positions: Sequence[int]
+        self, record: SpoolRecord, domain: str, positions: Sequence[int], route: Route
     ) -> DeliveryAttempt:
-        """The attempt for ``positions`` of ``record`` (all of ``domain``), with the route's
-        settings filled in for pre_delivery to read and change."""
-        route = self.routes.route_for(domain)
+        """The attempt for ``positions`` of ``record`` (all of ``domain``, which ``route``
+        serves), with the route's settings filled in for pre_delivery to read and change."""
         hop = route.next_hop
-        pool = route.source_ips or self.source_ips
-        source = choose_source(pool, domain)
+        # Stable per destination: every worker sends one destination's mail from one address.
+        source = route.source_for(route.destination(domain))
         recipients = tuple(
             AttemptRecipient(
                 address=record.recipients[p].address,
@@ -114,11 +109,11 @@ class Planner:
             size=record.size,
             received_at=record.received_at,
             retry_count=max(r.retry_count for r in recipients),
-            next_hop=_format_hop(hop) if hop else None,
+            next_hop=format_next_hop(hop) if hop else None,
             port=hop.port if hop else None,
             protocol=route.protocol,
             source_ip=source.address if source else None,
-            helo=source.helo if source and source.helo else self.helo,
+            helo=route.helo_for(source),
             tls=tls.mode.value,
             tls_verify_name=tls.verify_name,
             auth=route.auth,
@@ -150,11 +145,6 @@ class Planner:
             auth=tuple(attempt.auth) if attempt.auth else None,  # type: ignore[arg-type]
             shaping=shaping,
         )
-
-
-def _format_hop(hop: NextHop) -> str:
-    host = hop.host if hop.mx_lookup else f"[{hop.host}]"
-    return f"{host}:{hop.port}"
 
 
 def _hop(text: str | None, port: int | None) -> NextHop | None:

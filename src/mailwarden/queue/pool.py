@@ -178,6 +178,7 @@ class Destination:
                 hop=self.key.hop,
                 allow_ip_literals=settings.allow_ip_literals,
                 ip_version=settings.ip_version,
+                port=settings.port,
             )
             self._targets_until = now + TARGETS_TTL
         return self._targets
