@@ -11,7 +11,8 @@ CPU of a server is the user plus system time of every process of its tree (Mailw
 children: smtpd, cleanup, qmgr, trivial-rewrite, smtp, postlogd, ...) plus the time of the
 children those processes already reaped (``cutime``/``cstime`` of /proc/PID/stat), so a
 Postfix daemon that exits during the measurement still counts. Sampled before and after; the
-difference is the measurement's. Not counted: the load generator, the sink and this script.
+difference is the measurement's (to a clock tick, 10 ms, per process). Not counted: the load
+generator, the sink and this script.
 
 Memory, sampled every half second and at the end: the largest sum of the tree's proportional
 set sizes (PSS: a page shared by n processes counts 1/n in each, so Postfix's many small
@@ -389,7 +390,8 @@ class Run:
     server: str
     round: int
     seconds: float  # from the start (first message, or the release) to empty and all delivered
-    delivered: int  # messages the sink received during the measurement
+    messages: int  # messages sent (relay) or queued (drain)
+    delivered: int  # messages the sink received during the measurement (more: duplicates)
     connections: int  # SMTP sessions opened to the sink during the measurement
     cpu_seconds: float  # the server's processes (plus the release commands, for the drain)
     peak_pss_kib: int  # the largest summed PSS of the server's processes seen
@@ -398,11 +400,12 @@ class Run:
 
     @property
     def rate(self) -> float:
-        return self.delivered / self.seconds
+        """Messages delivered per second, each counted once."""
+        return self.messages / self.seconds
 
     @property
     def cpu_ms_per_message(self) -> float:
-        return self.cpu_seconds * 1000 / self.delivered
+        return self.cpu_seconds * 1000 / self.messages
 
 
 class Measurement:
@@ -461,6 +464,7 @@ class Measurement:
             server=self.server.name,
             round=round_number,
             seconds=seconds,
+            messages=expected,
             delivered=delivered,
             connections=ended + self.sink.open_sessions() - self.open_before,
             cpu_seconds=cpu,
@@ -508,6 +512,8 @@ def interleaved(
                 fail(server, f"round {round_number}", error, failures)
                 continue
             runs.append(run)
+            if run.delivered != run.messages:
+                log(f"{server.name}: {run.delivered} deliveries at the sink for {run.messages}")
             log(
                 f"round {round_number} {server.name:10s} {run.seconds:6.2f} s "
                 f"({run.rate:6.0f} msg/s, {run.cpu_ms_per_message:.3f} ms CPU/msg, "
@@ -552,7 +558,7 @@ def medians(runs: Sequence[Run]) -> dict[str, float]:
         "peak_pss_mib": max(r.peak_pss_kib for r in runs) / 1024,
         "peak_process_rss_mib": max(r.peak_process_rss_kib for r in runs) / 1024,
         "messages_per_connection": statistics.median(
-            r.delivered / r.connections for r in with_connections
+            r.messages / r.connections for r in with_connections
         )
         if with_connections
         else 0.0,

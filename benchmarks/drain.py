@@ -16,17 +16,18 @@ goes straight into the hold queue as it is accepted, and the benchmark releases 
   hook returns ``Hold(...)`` (the message is spooled with every recipient held). Release:
   ``mailwarden queue update release`` (``--mailwarden-release`` to change the command).
 
-Measured: from the start of the release command(s) until all messages are at the sink (its own
-``-c`` counters) and the server's queue is empty (Mailwarden: no non-final recipient in any
-spool shard; Postfix: no file in maildrop, incoming, active, deferred, hold), polled every
-50 ms, then confirmed with ``mailwarden queue list --json`` / ``postqueue -j`` (not timed). The
-fill is checked before the release: every message held, none at the sink. Per server the
-medians over ``--repeat`` interleaved rounds (the order alternates) of: time to empty,
-delivered messages per second, CPU milliseconds per delivered message (the server's processes
-and the release commands: see delivery_common.py), messages per sink connection; the peak
-memory of its process tree; the ratio Mailwarden/Postfix of the median rates (target: at least
-2). A server whose sink count stops moving for ``--stall`` seconds fails with what was seen;
-the other is still measured and the script exits with status 1.
+Measured, after a 2 s pause on both (Postfix restarts its daemons on reload): from the start of
+the release command(s) until all messages are at the sink (its own ``-c`` counters) and the
+server's queue is empty (Mailwarden: no non-final recipient in any spool shard; Postfix: no
+file in maildrop, incoming, active, deferred, hold), polled every 50 ms, then confirmed with
+``mailwarden queue list --json`` / ``postqueue -j`` (not timed). The fill is checked before the
+release: every message held, none at the sink. Per server, the medians over ``--repeat``
+interleaved rounds (the order alternates) of: time to empty, delivered messages per second,
+CPU milliseconds per delivered message (the server's processes plus the release commands: see
+delivery_common.py), messages per sink connection; the largest memory figures seen; the ratio
+Mailwarden/Postfix of the median rates (target: at least 2). A server whose sink counters stop
+moving for ``--stall`` seconds fails with what was seen; the other is still measured, and the
+script exits with status 1.
 
     python benchmarks/drain.py [--messages 20000] [--domains 10] [--repeat 3]
                                [--servers mailwarden,postfix] [--stall 30] [--json]

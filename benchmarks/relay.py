@@ -17,10 +17,10 @@ Both are started once; 100 unmeasured messages warm each up (Postfix spawns its 
 demand). Then ``--repeat`` interleaved rounds (the order alternates), and per server the
 medians of: time to empty, delivered messages per second, CPU milliseconds per delivered
 message (all the server's processes, receiving and delivering: see delivery_common.py) and
-messages per sink connection; the peak RSS of its process tree; the ratio Mailwarden/Postfix
-of the median rates (target: at least 2). A server whose messages stop reaching the sink for
-``--stall`` seconds fails the run with what was seen; the other server is still measured and
-the script exits with status 1.
+messages per sink connection; the largest memory figures seen (summed PSS of its processes,
+largest peak RSS of one process); the ratio Mailwarden/Postfix of the median rates (target: at
+least 2). A server whose sink counters stop moving for ``--stall`` seconds fails the run with
+what was seen; the other server is still measured, and the script exits with status 1.
 
     python benchmarks/relay.py [--messages 5000] [--repeat 3] [--servers mailwarden,postfix]
                                [--sessions 8] [--size 10240] [--stall 30] [--json]
@@ -93,6 +93,27 @@ def start_server(name: str, sink: Sink, postfix_port: int) -> Server:
     raise BenchmarkError(f"unknown server {name!r} (mailwarden, postfix)")
 
 
+def measure_all(args: argparse.Namespace, directory: Path, failures: dict[str, str]) -> list[Run]:
+    sink = Sink(directory)
+    servers: list[Server] = []
+    try:
+        for name in args.servers.split(","):
+            servers.append(start_server(name, sink, args.postfix_port))
+        for server in servers:
+            try:
+                relay_once(server, sink, args, WARMUP, 0)
+            except BenchmarkError as error:
+                fail(server, "warm-up", error, failures)
+
+        def measure(server: Server, round_number: int) -> Run:
+            return relay_once(server, sink, args, args.messages, round_number)
+
+        return interleaved(servers, args.repeat, measure, failures)
+    finally:
+        stop_all(servers, failures)
+        sink.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="smtp-source -m")
@@ -109,28 +130,10 @@ def main() -> None:
 
     failures: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as directory:
-        sink = Sink(Path(directory))
-        servers: list[Server] = []
-        runs: list[Run] = []
         try:
-            for name in args.servers.split(","):
-                try:
-                    servers.append(start_server(name, sink, args.postfix_port))
-                except BenchmarkError as error:
-                    raise SystemExit(str(error)) from None
-            for server in servers:
-                try:
-                    relay_once(server, sink, args, WARMUP, 0)
-                except BenchmarkError as error:
-                    fail(server, "warm-up", error, failures)
-
-            def measure(server: Server, round_number: int) -> Run:
-                return relay_once(server, sink, args, args.messages, round_number)
-
-            runs = interleaved(servers, args.repeat, measure, failures)
-        finally:
-            stop_all(servers, failures)
-            sink.stop()
+            runs = measure_all(args, Path(directory), failures)
+        except BenchmarkError as error:
+            raise SystemExit(str(error)) from None
     settings: dict[str, object] = {
         "load": f"smtp-source -s {args.sessions} -l {args.size} -m {args.messages}",
         "repeat": args.repeat,
