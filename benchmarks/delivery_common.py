@@ -98,7 +98,7 @@ class Sink:
     def count(self) -> SinkCount:
         """The latest complete counter record (each ends with a carriage return)."""
         with open(self.counters, "rb") as counters:
-            counters.seek(max(0, counters.seek(0, os.SEEK_END) - 96))
+            counters.seek(max(0, counters.seek(0, os.SEEK_END) - 256))
             tail = counters.read()
         complete = tail.rpartition(b"\r")[0].rpartition(b"\r")[2]
         match = _COUNTERS.search(complete)
@@ -547,6 +547,14 @@ def wait_until(done: Callable[[], bool], what: Callable[[], str], stall: float) 
 
 
 # --- the report ------------------------------------------------------------------------------
+
+
+def describe_run(**settings: object) -> dict[str, object]:
+    """What a report row needs besides the figures: the date and the measured commit."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "commit": commit, **settings}
 
 
 def medians(runs: Sequence[Run]) -> dict[str, float]:

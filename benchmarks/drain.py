@@ -36,6 +36,7 @@ script exits with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
@@ -51,6 +52,7 @@ from delivery_common import (
     Run,
     Server,
     Sink,
+    describe_run,
     finish_source,
     interleaved,
     log,
@@ -206,10 +208,11 @@ def main() -> None:
             runs = measure_all(args, Path(directory), failures)
         except BenchmarkError as error:
             raise SystemExit(str(error)) from None
-    settings: dict[str, object] = {
-        "queue": f"{args.messages} messages of {args.size} bytes for {args.domains} domains",
-        "repeat": args.repeat,
-    }
+    settings = describe_run(
+        queue=f"{args.messages} messages of {args.size} bytes for {args.domains} domains",
+        repeat=args.repeat,
+        cpus=os.cpu_count(),
+    )
     report("drain", runs, failures, as_json=args.json, settings=settings)
     if failures:
         sys.exit(1)

@@ -29,6 +29,7 @@ what was seen; the other server is still measured, and the script exits with sta
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +43,7 @@ from delivery_common import (
     Run,
     Server,
     Sink,
+    describe_run,
     fail,
     finish_source,
     interleaved,
@@ -134,10 +136,11 @@ def main() -> None:
             runs = measure_all(args, Path(directory), failures)
         except BenchmarkError as error:
             raise SystemExit(str(error)) from None
-    settings: dict[str, object] = {
-        "load": f"smtp-source -s {args.sessions} -l {args.size} -m {args.messages}",
-        "repeat": args.repeat,
-    }
+    settings = describe_run(
+        load=f"smtp-source -s {args.sessions} -l {args.size} -m {args.messages}",
+        repeat=args.repeat,
+        cpus=os.cpu_count(),
+    )
     report("relay", runs, failures, as_json=args.json, settings=settings)
     if failures:
         sys.exit(1)
