@@ -310,13 +310,16 @@ class PostfixRelay:
     sink_port: int
     name: str = "postfix"
     port: int = 2602
+    # main.cf settings of this benchmark, made before Postfix starts so that every daemon has
+    # them (a reload leaves an already running smtpd on the old ones for a while). drain.py
+    # holds mail with smtpd_data_restrictions; otherwise it is empty (Postfix's default), so
+    # that an interrupted drain run leaves nothing behind for the next one.
+    settings: tuple[str, ...] = ("smtpd_data_restrictions =",)
 
     def __post_init__(self) -> None:
         script = PEERS / "postfix-relay.sh"
         hop = f"[127.0.0.1]:{self.sink_port}"
-        # drain.py holds mail with this restriction while it fills the queue; an interrupted
-        # run must not leave it behind in main.cf for the next run (empty: Postfix's default)
-        subprocess.run(["postconf", "-e", "smtpd_data_restrictions ="], check=True)
+        subprocess.run(["postconf", "-e", *self.settings], check=True)
         subprocess.run(["bash", str(script), str(self.port), hop], check=True)
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True)  # earlier runs' mail
         self.queue_directory = Path(postconf("queue_directory"))
@@ -340,11 +343,6 @@ class PostfixRelay:
         listed = subprocess.run(["postqueue", "-j"], capture_output=True, text=True)
         lines = [line for line in listed.stdout.splitlines() if line.strip()]
         return f"{len(lines)} message(s) still queued" if lines else None
-
-    def configure(self, *settings: str) -> None:
-        """Change main.cf and make the running Postfix read it."""
-        subprocess.run(["postconf", "-e", *settings], check=True)
-        subprocess.run(["postfix", "reload"], check=True, capture_output=True)
 
     def stop(self) -> None:
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True)
@@ -557,11 +555,13 @@ def describe_run(**settings: object) -> dict[str, object]:
     return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "commit": commit, **settings}
 
 
-def medians(runs: Sequence[Run]) -> dict[str, float]:
+def medians(runs: Sequence[Run]) -> dict[str, float | None]:
     with_connections = [r for r in runs if r.connections > 0]
+    accepted = [r.accepted_seconds for r in runs if r.accepted_seconds is not None]
     return {
         "seconds": statistics.median(r.seconds for r in runs),
         "messages_per_second": statistics.median(r.rate for r in runs),
+        "accepted_seconds": statistics.median(accepted) if accepted else None,
         "cpu_ms_per_message": statistics.median(r.cpu_ms_per_message for r in runs),
         "peak_pss_mib": max(r.peak_pss_kib for r in runs) / 1024,
         "peak_process_rss_mib": max(r.peak_process_rss_kib for r in runs) / 1024,
@@ -569,8 +569,20 @@ def medians(runs: Sequence[Run]) -> dict[str, float]:
             r.messages / r.connections for r in with_connections
         )
         if with_connections
-        else 0.0,
+        else None,
     }
+
+
+# The table's columns: heading, the key in medians(), and how a value is written.
+COLUMNS: list[tuple[str, str, str]] = [
+    ("time to empty", "seconds", "{:.2f} s"),
+    ("delivered msg/s", "messages_per_second", "{:,.0f}"),
+    ("all accepted after", "accepted_seconds", "{:.2f} s"),
+    ("CPU per delivered message", "cpu_ms_per_message", "{:.3f} ms"),
+    ("peak memory (PSS, all processes)", "peak_pss_mib", "{:.1f} MiB"),
+    ("largest process peak RSS", "peak_process_rss_mib", "{:.1f} MiB"),
+    ("messages per connection", "messages_per_connection", "{:.1f}"),
+]
 
 
 def report(
@@ -587,8 +599,7 @@ def report(
     summary = {name: medians([r for r in runs if r.server == name]) for name in servers}
     ratio = None
     if "mailwarden" in summary and "postfix" in summary:
-        rate = {name: m["messages_per_second"] for name, m in summary.items()}
-        ratio = rate["mailwarden"] / rate["postfix"]
+        ratio = _rate(summary["mailwarden"]) / _rate(summary["postfix"])
     if as_json:
         document = {
             "benchmark": title,
@@ -601,23 +612,25 @@ def report(
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
+    shown = [c for c in COLUMNS if any(m[c[1]] is not None for m in summary.values())]
+    columns = shown or COLUMNS
     print(f"{title}: {', '.join(f'{k}={v}' for k, v in settings.items())}")
     print()
-    print(
-        "| server | time to empty | delivered msg/s | CPU per delivered message "
-        "| peak memory (PSS, all processes) | largest process peak RSS | messages per connection |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| server | " + " | ".join(heading for heading, _, _ in columns) + " |")
+    print("| --- |" + " --- |" * len(columns))
     for name, m in summary.items():
-        print(
-            f"| {name} | {m['seconds']:.2f} s | {m['messages_per_second']:,.0f} "
-            f"| {m['cpu_ms_per_message']:.3f} ms | {m['peak_pss_mib']:.1f} MiB "
-            f"| {m['peak_process_rss_mib']:.1f} MiB | {m['messages_per_connection']:.1f} |"
-        )
+        cells = ["" if m[key] is None else form.format(m[key]) for _, key, form in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
     for name, reason in failures.items():
-        print(f"| {name} | failed: {reason} | | | | | |")
+        print(f"| {name} | failed: {' '.join(reason.split())} |" + " |" * (len(columns) - 1))
     print()
     if ratio is not None:
         print(f"Mailwarden / Postfix (median delivered msg/s) = **{ratio:.2f}**")
     rounds = max((r.round for r in runs), default=0)
     print(f"Medians over {rounds} interleaved round(s); memory figures are the largest seen.")
+
+
+def _rate(summary: dict[str, float | None]) -> float:
+    rate = summary["messages_per_second"]
+    assert rate is not None  # every run has one
+    return rate

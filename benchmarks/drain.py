@@ -7,17 +7,18 @@ measured). Delivery is held while the queue fills, the same way on both servers:
 goes straight into the hold queue as it is accepted, and the benchmark releases them all at once.
 
 - Postfix (``../shared/peers/postfix-relay.sh PORT [127.0.0.1]:SINKPORT``, relayhost the sink):
-  for the fill ``smtpd_data_restrictions = check_client_access static:HOLD`` (access(5) HOLD:
-  cleanup writes each message into the hold queue), then the restriction is removed again
-  (``postfix reload``, not timed). Release: ``postsuper -H ALL`` (hold -> deferred queue), then
+  ``smtpd_data_restrictions = check_client_access static:HOLD`` (access(5) HOLD: cleanup writes
+  each message into the hold queue), set before Postfix starts so that every smtpd has it, and
+  kept for the whole run (nothing arrives while the queue drains); main.cf gets Postfix's
+  default back at the end. Release: ``postsuper -H ALL`` (hold -> deferred queue), then
   ``postqueue -f`` (deliver the deferred queue now).
 - Mailwarden (a default ``mailwarden run`` of this checkout with one ``[[routes]]`` entry
   ``domains = ["*"]``, ``next_hop = "[127.0.0.1]:SINKPORT"``): a policy script whose ``data``
   hook returns ``Hold(...)`` (the message is spooled with every recipient held). Release:
   ``mailwarden queue update release`` (``--mailwarden-release`` to change the command).
 
-Measured, after a 2 s pause on both (Postfix restarts its daemons on reload): from the start of
-the release command(s) until all messages are at the sink (its own ``-c`` counters) and the
+Measured, after a 2 s pause on both for the fill's work to settle: from the start of the
+release command(s) until all messages are at the sink (its own ``-c`` counters) and the
 server's queue is empty (Mailwarden: no non-final recipient in any spool shard; Postfix: no
 file in maildrop, incoming, active, deferred, hold), polled every 50 ms, then confirmed with
 ``mailwarden queue list --json`` / ``postqueue -j`` (not timed). The fill is checked before the
@@ -74,7 +75,7 @@ async def data(conn, tx, message):
 POSTFIX_HOLD = "smtpd_data_restrictions = check_client_access static:HOLD"
 POSTFIX_NO_HOLD = "smtpd_data_restrictions ="
 FILL_SESSIONS = 2  # per domain
-SETTLE = 2.0  # seconds between the fill and the release (Postfix restarts daemons on reload)
+SETTLE = 2.0  # seconds between the fill and the release, for the fill's work to settle
 
 
 def held(server: Server) -> int:
@@ -88,8 +89,6 @@ def held(server: Server) -> int:
 def fill(server: Server, sink: Sink, args: argparse.Namespace) -> None:
     """Queue ``args.messages`` held messages for ``args.domains`` domains; checks that every
     one of them is held and none was delivered."""
-    if isinstance(server, PostfixRelay):
-        server.configure(POSTFIX_HOLD)
     delivered_before = sink.count().messages
     share, extra = divmod(args.messages, args.domains)
     sources = [
@@ -117,8 +116,6 @@ def fill(server: Server, sink: Sink, args: argparse.Namespace) -> None:
         raise BenchmarkError(f"filling the queue: {error}") from None
     if sink.count().messages != delivered_before:
         raise BenchmarkError(f"{server.name}: delivered while held")
-    if isinstance(server, PostfixRelay):
-        server.configure(POSTFIX_NO_HOLD)
 
 
 def release(server: Server, args: argparse.Namespace) -> None:
@@ -158,7 +155,7 @@ def start_server(name: str, sink: Sink, postfix_port: int) -> Server:
     if name == "mailwarden":
         return MailwardenNode(sink.port, script=HOLD_POLICY)
     if name == "postfix":
-        return PostfixRelay(sink.port, port=postfix_port)
+        return PostfixRelay(sink.port, port=postfix_port, settings=(POSTFIX_HOLD,))
     raise BenchmarkError(f"unknown server {name!r} (mailwarden, postfix)")
 
 
