@@ -15,7 +15,7 @@ goes straight into the hold queue as it is accepted, and the benchmark releases 
 - Mailwarden (a default ``mailwarden run`` of this checkout with one ``[[routes]]`` entry
   ``domains = ["*"]``, ``next_hop = "[127.0.0.1]:SINKPORT"``): a policy script whose ``data``
   hook returns ``Hold(...)`` (the message is spooled with every recipient held). Release:
-  ``mailwarden queue update release`` (``--mailwarden-release`` to change the command).
+  ``mailwarden queue update release --all --yes`` (``--mailwarden-release`` to change it).
 
 Measured, after a 2 s pause on both for the fill's work to settle: from the start of the
 release command(s) until all messages are at the sink (its own ``-c`` counters) and the
@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument(
         "--mailwarden-release",
         type=shlex.split,
-        default="queue update release",
+        default="queue update release --all --yes",
         help="the mailwarden CLI arguments that release every held message (%(default)s)",
     )
     parser.add_argument(
