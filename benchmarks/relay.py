@@ -15,12 +15,14 @@ its port, ``user = "root"`` when run as root, and one ``[[routes]]`` entry ``dom
 [127.0.0.1]:SINKPORT`` (Postfix with relayhost the sink and its default connection cache).
 Both are started once; 100 unmeasured messages warm each up (Postfix spawns its daemons on
 demand). Then ``--repeat`` interleaved rounds (the order alternates), and per server the
-medians of: time to empty, delivered messages per second, CPU milliseconds per delivered
-message (all the server's processes, receiving and delivering: see delivery_common.py) and
-messages per sink connection; the largest memory figures seen (summed PSS of its processes,
-largest peak RSS of one process); the ratio Mailwarden/Postfix of the median rates (target: at
-least 2). A server whose sink counters stop moving for ``--stall`` seconds fails the run with
-what was seen; the other server is still measured, and the script exits with status 1.
+medians of: time to empty, delivered messages per second, when smtp-source had handed over
+its last message ("all accepted after": how much of the time is receiving), CPU milliseconds
+per delivered message (all the server's processes, receiving and delivering: see
+delivery_common.py) and messages per sink connection; the largest memory figures seen (summed
+PSS of its processes, largest peak RSS of one process); the ratio Mailwarden/Postfix of the
+median rates (target: at least 2). A server whose sink counters stop moving for ``--stall``
+seconds fails the run with what was seen; the other server is still measured, and the script
+exits with status 1.
 
     python benchmarks/relay.py [--messages 5000] [--repeat 3] [--servers mailwarden,postfix]
                                [--sessions 8] [--size 10240] [--stall 30] [--json]
