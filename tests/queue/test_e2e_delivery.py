@@ -149,11 +149,14 @@ def test_required_verify_with_the_right_name_delivers(
 def test_a_shaping_limit_holds_across_workers(tmp_path: Path) -> None:
     shaping = """
 [[shaping]]
+id = "two-per-domain"
 fields = ["domain"]
 max_connections = 2
 """
+    # The peer greets after half a second: attempts pile up while connections open, so
+    # without the rule the node would open many more than two.
     with (
-        peer_node(tmp_path / "peer", server="[servers.limits]\ngreeting_delay = 0\n") as peer,
+        peer_node(tmp_path / "peer", server="greeting_delay = 0.5\n") as peer,
         sending_node(
             tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES + shaping, workers=2
         ) as node,

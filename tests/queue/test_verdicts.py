@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mailwarden.queue.schedule import RetrySchedule
-
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.policy.delivery import Bounce, Delete, Hold, Retry
+from mailwarden.queue.schedule import RetrySchedule
 from mailwarden.queue.verdicts import apply_action, judge, override
 from mailwarden.spool.states import RecipientState
 
