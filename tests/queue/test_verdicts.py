@@ -98,3 +98,19 @@ def test_hold_and_delete() -> None:
     )
     assert held.state is RecipientState.HELD and held.reply.text == "quarantine"
     assert deleted.state is RecipientState.DISCARDED and deleted.dsn_action is None
+
+
+def test_one_delay_warning_once_the_age_is_reached() -> None:
+    warning = RetrySchedule(intervals=(60.0,), max_age=3600.0, delay_warning=600.0)
+
+    def verdict(now: float, warned: bool):
+        return judge(
+            0, "a@x.test", 1, BUSY, schedule=warning, received_at=RECEIVED, now=now, warned=warned
+        )
+
+    assert verdict(RECEIVED + 599, warned=False).dsn_action is None
+    due = verdict(RECEIVED + 600, warned=False)
+    assert due.state is RecipientState.DEFERRED and due.dsn_action == "delayed"
+    assert due.outcome().delay_notified is True
+    assert verdict(RECEIVED + 900, warned=True).dsn_action is None  # sent once
+    assert _judge(BUSY, now=RECEIVED + 900).dsn_action is None  # no warnings configured

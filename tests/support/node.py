@@ -104,6 +104,11 @@ def write_config(directory: Path, port: int, body: str = "", server: str = "") -
         hostname = "mx.test.example"
         {node_user_line()}
 
+        # The receiving tests read back what they queued; delivery has its own tests
+        # (tests/queue, tests/delivery), which deliver to real peers.
+        [queue]
+        deliver = false
+
         [[servers]]
         id = "inbound"
         listen = ["127.0.0.1:{port}"]

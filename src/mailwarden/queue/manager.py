@@ -504,6 +504,7 @@ class QueueManager:
                     received_at=record.received_at,
                     now=now,
                     success_dsn=success_dsn,
+                    warned=rcpt.delay_notified,
                 )
             )
             if want_result:
@@ -599,7 +600,7 @@ class QueueManager:
             record.id,
             tuple(v.outcome() for v in run.verdicts),
             new_records,
-            removal_reason="delivered" if not dsn else "bounced",
+            removal_reason="bounced" if any(v.dsn_action == "failed" for v in dsn) else "delivered",
         )
         self._finished.append(outcome)
         if not self._flushing:
@@ -620,6 +621,11 @@ class QueueManager:
                     reply=verdict.reply,
                     remote_mta=f"dns; {mta}" if mta and verdict.reply.remote else None,
                     last_attempt=now,
+                    will_retry_until=(
+                        self.settings.schedule.expires_at(record.received_at)
+                        if verdict.dsn_action == "delayed"
+                        else None
+                    ),
                 )
             )
         return bounces.bounce_record(

@@ -31,7 +31,8 @@ class Verdict:
     reply: DeliveryReply
     next_attempt: float | None = None
     count_attempt: bool = False
-    dsn_action: str | None = None  # "failed", "delivered", "relayed"
+    dsn_action: str | None = None  # "failed", "delayed", "delivered", "relayed"
+    delay_notified: bool | None = None  # True: this verdict's DSN is the delay warning
 
     def outcome(self) -> RecipientOutcome:
         return RecipientOutcome(
@@ -41,6 +42,7 @@ class Verdict:
             last_reply=str(self.reply),
             next_attempt=self.next_attempt,
             count_attempt=self.count_attempt,
+            delay_notified=self.delay_notified,
         )
 
 
@@ -54,10 +56,13 @@ def judge(
     received_at: float,
     now: float,
     success_dsn: str | None = None,
+    warned: bool = True,
 ) -> Verdict:
     """The verdict on one recipient's reply. ``retry_count`` is its failures before this
     attempt; ``success_dsn`` the DSN action a 2xx calls for (``relayed`` when the next hop
-    does not take DSN parameters, RFC 3461 §6.2.3), else None."""
+    does not take DSN parameters, RFC 3461 §6.2.3), else None; ``warned`` False when no
+    delay warning went out for the recipient yet (the schedule's ``delay_warning`` says when
+    one is due: a deferral then asks for a ``delayed`` DSN, once)."""
     if reply.success:
         return Verdict(position, address, RecipientState.DELIVERED, reply, dsn_action=success_dsn)
     if reply.permanent:
@@ -80,6 +85,17 @@ def judge(
             expired,
             count_attempt=True,
             dsn_action="failed",
+        )
+    if schedule.delay_warning_due(received_at, now, warned=warned):
+        return Verdict(
+            position,
+            address,
+            RecipientState.DEFERRED,
+            reply,
+            when,
+            count_attempt=True,
+            dsn_action="delayed",
+            delay_notified=True,
         )
     return Verdict(position, address, RecipientState.DEFERRED, reply, when, count_attempt=True)
 
