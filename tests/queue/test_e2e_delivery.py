@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.queue.delivery_support import (
     FAST_RETRIES,
+    node_config,
     parsed,
     peer_connections,
     peer_node,
@@ -16,6 +17,7 @@ from tests.queue.delivery_support import (
     sending_node,
     wait_until,
 )
+from tests.support.node import free_port, node_process
 from tests.support.sink import smtp_sink
 
 from mailwarden.spool.states import RecipientState
@@ -183,3 +185,26 @@ def test_suspend_holds_a_destination_until_resumed(tmp_path: Path) -> None:
         assert resumed.returncode == 0, resumed.stderr
         node.mailwarden("queue", "update", "retry-now", "--all", "--yes")
         wait_until(lambda: len(received(peer)) == 2, timeout=60, what="the resumed message")
+
+
+def test_a_route_back_to_this_node_bounces_as_a_loop(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    with peer_node(tmp_path / "peer") as peer:
+        body = (
+            route_to(port, domains='["example.net"]')  # this node's own listener
+            + route_to(peer.port, domains='["sender.example"]')
+            + FAST_RETRIES
+        )
+        (out / "mailwarden.toml").write_text(node_config(port, body=body))
+        with node_process(out, out / "mailwarden.toml", port) as node:
+            send(node.port, SENDER, ["bob@example.net"], "loop")
+            (dsn,) = wait_until(
+                lambda: [d for r, d in received(peer) if r.sender == ""], what="the DSN"
+            )
+            wait_until(lambda: not queued(node), what="an empty queue")
+    report = next(
+        p for p in parsed(dsn).walk() if p.get_content_type() == "message/delivery-status"
+    ).as_string()
+    assert "Status: 5.4.6" in report and "loops back to myself" in report

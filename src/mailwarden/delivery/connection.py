@@ -254,6 +254,13 @@ class OutboundConnection:
         assert isinstance(greeting, Greeting)
         if not greeting.accepted:
             raise self._remote_error(greeting.reply, "greeting")
+        if _greeting_host(greeting.reply).lower() == self.options.helo.lower():
+            # RFC 5321 §5.1 asks a client to detect that it would deliver to itself (an MX
+            # or route pointing back at this node): the message would circle until expiry.
+            detail = f"{self.target.host} greeted with this node's name {self.options.helo}"
+            raise DeliveryError(
+                _local(replies.DELIVERY_LOOPS_BACK, detail), stage="greeting", host=self._name
+            )
         await self._hello()
         policy = self.options.tls
         if policy.mode is not TlsMode.NONE:
@@ -495,6 +502,12 @@ class OutboundConnection:
         reply = _local(replies.DELIVERY_PROTOCOL_ERROR, f"{self._name}: {error}")
         stage = _STAGE_OF.get(self._awaited, "mail")
         return DeliveryError(reply, stage=stage, host=self.target.host)
+
+
+def _greeting_host(reply: ServerReply) -> str:
+    """The host name a 220 greeting starts with (RFC 5321 §4.2: ``220 domain text``)."""
+    lines = reply.lines
+    return lines[0].split(" ", 1)[0] if lines and lines[0] else ""
 
 
 def _one_line(reply: ServerReply) -> str:

@@ -246,6 +246,8 @@ DELIVERY_AUTH_UNAVAILABLE = Reply(
 # A 5xx to AUTH defers rather than bounces (as Postfix's smtp_sasl_auth_soft_bounce): a
 # wrong password in the route should not return every message.
 DELIVERY_AUTH_FAILED = Reply(454, "4.7.8", "Authentication failed")
+# Postfix's "mail for X loops back to myself": the next hop greets with our own name.
+DELIVERY_LOOPS_BACK = Reply(554, "5.4.6", "Mail loops back to myself")
 DELIVERY_MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the remote server's limit")
 DELIVERY_NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "The remote server does not support SMTPUTF8")
 
