@@ -226,6 +226,11 @@ SCRIPT_ERROR_AT_CONNECT = Reply(421, "4.3.2", "Try again later")
 SCRIPT_DEFER = Reply(451, "4.7.1", "Try again later")
 SCRIPT_REJECT = Reply(550, "5.7.1", "Rejected by policy")
 
+# --- Delivery outcomes the node decides itself (DSN Status and Diagnostic-Code) --------------
+# `mailwarden queue update bounce`: X.0.0 "other undefined status" (RFC 3463 §3.1), as no
+# registered code says "the operator cancelled delivery".
+OPERATOR_BOUNCE = Reply(550, "5.0.0", "Delivery cancelled by the queue operator")
+
 
 def greeting(hostname: str, banner: str = "ESMTP Mailwarden") -> Reply:
     return Reply(220, "", f"{hostname} {banner}")
