@@ -328,7 +328,7 @@ def group_value(
     value = field_value(field, message, recipient, ctx)
     if field == "retries":
         return str(int(value))
-    if field == "sender" and not value:
+    if field in ("sender", "sender_domain") and not value:  # the null sender
         return "<>"
     if field.startswith("metadata.") and metadata_value(message, recipient, field[9:]) is None:
         return "(none)"
