@@ -193,3 +193,49 @@ def test_delete_quarantine_of_a_running_node(tmp_path: Path) -> None:
     assert {m["id"] for m in listing} == {good, after}
     assert not set(spam) & {m["id"] for m in listing}
     assert all(m["recipients"][0]["state"] == "held" for m in listing)
+
+
+def test_a_long_update_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """More than one batch (200 messages): a progress bar on stderr when it is a terminal,
+    none when it is not (logs and pipes get the summary only)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    spool = tmp_path / "spool"
+    commit(spool, [message(f"m{i:04d}", "x@bulk.example") for i in range(450)])
+    config = write_config(tmp_path, spool)
+    command = [sys.executable, "-m", "mailwarden.cli.main", "queue", "update", "hold"]
+    command += ["domain=bulk.example", "--yes", "--config", str(config)]
+    controller, terminal = pty.openpty()
+    shown = bytearray()
+
+    def drain() -> None:  # read as it comes: a full terminal buffer would block the CLI
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the other end is closed and drained
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run(
+            command, stdout=subprocess.PIPE, stderr=terminal, timeout=60, env=os.environ
+        )
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(controller)
+    assert done.returncode == 0
+    assert b"hold: 450 recipient(s) of 450 message(s) changed" in done.stdout
+    assert b"updating" in shown and b"%" in shown, bytes(shown)
+
+    piped = cli(config, "update", "release", "domain=bulk.example", "--yes")
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert piped.stdout.startswith("release: 450 recipient(s) of 450 message(s) changed")
