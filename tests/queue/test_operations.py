@@ -109,10 +109,9 @@ def test_run_decides_on_the_state_found_under_the_lock(tmp_path: Path) -> None:
 
 def test_delete_unlinks_the_spill_file_after_the_commit(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
+    commit(spool, [message("big", "x@y.example")], spilled={"big": b"a large body\r\n"})
     spill = spool / "data" / "shard-0-big"
-    spill.parent.mkdir(parents=True)
-    spill.write_bytes(b"a large body\r\n")
-    commit(spool, [replace(message("big", "x@y.example"), body=None, body_file=spill)])
+    assert spill.exists()
     query, selection = filtered(spool, "id=big")
     assert run(spool, Action.DELETE, query, selection).removed == 1
     assert not spill.exists()
@@ -177,3 +176,30 @@ def test_a_version_1_shard_is_refused_with_its_name(tmp_path: Path) -> None:
     query, selection = filtered(spool, "id=m1")
     with pytest.raises(SpoolError, match=r"shard-0\.db: spool schema version 1; start"):
         run(spool, Action.HOLD, query, selection)
+
+
+def test_bounce_of_spilled_bodies_returns_small_ones_whole_and_large_ones_headers(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    bodies = {"small": b"small spilled body\r\n", "large": (b"z" * 70 + b"\r\n") * 5000}
+    commit(spool, [message(name, "x@y.example") for name in bodies], spilled=bodies)
+    assert len(list((spool / "data").iterdir())) == 2  # 360 KB: over the return limit
+    query, selection = filtered(spool, "domain=y.example")
+    outcome = run(spool, Action.BOUNCE, query, selection)
+    assert outcome.removed == 2 and len(outcome.bounces) == 2
+    assert not list((spool / "data").iterdir())  # both spill files went with their messages
+
+    returned = {}
+    for dsn_id in outcome.bounces:
+        data = read_message_bytes(spool, dsn_id)
+        assert data is not None
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        part = parsed.get_payload()[2]
+        subject = re.search(rb"Subject: test (\w+)", part.as_bytes())
+        assert subject is not None
+        returned[subject.group(1).decode()] = (part.get_content_type(), part.as_bytes())
+    assert returned["small"][0] == "message/rfc822"
+    assert b"small spilled body" in returned["small"][1]
+    assert returned["large"][0] == "text/rfc822-headers"
+    assert b"zzzz" not in returned["large"][1]

@@ -9,7 +9,7 @@ import sqlite3
 import textwrap
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,27 @@ def message(
     )
 
 
-def commit(spool: Path, records: Sequence[SpoolRecord], shard: int = 0) -> None:
-    """Commit ``records`` to shard ``shard`` of ``spool`` through SpoolStore."""
+def commit(
+    spool: Path,
+    records: Sequence[SpoolRecord],
+    shard: int = 0,
+    spilled: dict[str, bytes] | None = None,
+) -> None:
+    """Commit ``records`` to shard ``shard`` of ``spool`` through SpoolStore; the bodies in
+    ``spilled`` (by message id) go to spill files, as a large body does."""
 
     async def run() -> None:
         store = SpoolStore(spool, shard, fsync=False)
-        store.open()
+        store.open()  # first: opening removes spill files that no row names yet
         try:
-            await asyncio.gather(*(store.commit(r) for r in records))
+            ready = []
+            for record in records:
+                if spilled and record.id in spilled:
+                    path = store.spill_path(record.id)
+                    path.write_bytes(spilled[record.id])
+                    record = replace(record, body=None, body_file=path)
+                ready.append(record)
+            await asyncio.gather(*(store.commit(r) for r in ready))
         finally:
             store.close()
 

@@ -208,6 +208,13 @@ def run(
     committed before stay done, which the operator sees by listing again."""
     outcome = Outcome(action.value)
     ids = _DsnIds()
+    # A DSN returns a message larger than the limit as its headers only: reading one octet
+    # past it tells so, without reading a large body while holding the shard's write lock.
+    max_body = None
+    if action is Action.BOUNCE:
+        from mailwarden.queue.bounces import RETURN_SIZE_LIMIT
+
+        max_body = RETURN_SIZE_LIMIT + 1
     for path, message_ids in selection.shards.items():
         with ShardWriter(path, spool_dir) as shard:
             for start in range(0, len(message_ids), batch_size):
@@ -225,6 +232,7 @@ def run(
                         reason=reason,
                         reporting_mta=reporting_mta,
                         now=clock(),
+                        max_body=max_body,
                     )
                 progress(len(batch))
     return outcome
@@ -243,6 +251,7 @@ def _apply_batch(
     reason: str,
     reporting_mta: str,
     now: float,
+    max_body: int | None,
 ) -> None:
     """One batch inside its transaction: read again under the write lock, plan, write."""
     ctx = FilterContext(now, route_hop)
@@ -260,7 +269,7 @@ def _apply_batch(
             now=now,
             force=force,
             reason=reason,
-            original=lambda m=message: shard.original(m.id),
+            original=lambda m=message: shard.original(m.id, max_body=max_body),
             make_dsn=make_dsn,
         )
         _count(outcome, message, planned)

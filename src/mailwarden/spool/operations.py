@@ -104,6 +104,9 @@ class ShardWriter:
             db.execute("PRAGMA foreign_keys=ON")
             version = schema.shard_version(db)
             schema.check_known(path, version)
+        except sqlite3.Error as error:
+            db.close()
+            raise SpoolError(replies.SPOOL_WRITE_FAILED, f"{path}: {error}") from error
         except BaseException:
             db.close()
             raise
@@ -161,20 +164,27 @@ class ShardWriter:
             recipients.setdefault(row["message_id"], []).append(_recipient(row))
         return [_message(row, recipients.get(row["id"], ()), self.spool_dir) for row in rows]
 
-    def original(self, message_id: str) -> bytes:
-        """The stored bytes of a message (as delivery sends them), read in the transaction.
-        Raises OSError if its spill file cannot be read."""
+    def original(self, message_id: str, *, max_body: int | None = None) -> bytes:
+        """The stored bytes of a message (as delivery sends them), read in the transaction;
+        with ``max_body``, at most that many octets of the body (the write lock is held while
+        this reads: a DSN that returns only the headers of a large message needs no more).
+        Raises SpoolError if its spill file cannot be read."""
         row = self._db.execute(
             "SELECT headers, body, body_file FROM messages WHERE id = ?", (message_id,)
         ).fetchone()
         if row is None:
             raise KeyError(message_id)
-        if row["body_file"]:
-            return (
-                bytes(row["headers"])
-                + body_file_path(self.spool_dir, row["body_file"]).read_bytes()
-            )
-        return bytes(row["headers"]) + bytes(row["body"] or b"")
+        headers = bytes(row["headers"])
+        if not row["body_file"]:
+            return headers + bytes(row["body"] or b"")[:max_body]
+        path = body_file_path(self.spool_dir, row["body_file"])
+        try:
+            with open(path, "rb") as body:
+                return headers + body.read(-1 if max_body is None else max_body)
+        except OSError as error:
+            raise SpoolError(
+                replies.SPOOL_WRITE_FAILED, f"cannot read the body of message {message_id}: {error}"
+            ) from error
 
     def apply(self, change: MessageChange) -> None:
         """Write ``change`` (inside :meth:`transaction`)."""
