@@ -239,3 +239,35 @@ def test_a_long_update_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     piped = cli(config, "update", "release", "domain=bulk.example", "--yes")
     assert piped.returncode == 0 and piped.stderr == ""
     assert piped.stdout.startswith("release: 450 recipient(s) of 450 message(s) changed")
+
+
+def test_an_update_waits_for_a_workers_transaction_and_decides_on_its_outcome(
+    tmp_path: Path,
+) -> None:
+    """A worker's transaction (here: leasing m2, as lease_due does) holds the shard's write
+    lock while the operator deletes slow.example's mail: the CLI waits for it, then reads m2 again
+    and leaves it alone, since it is being delivered now."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    config = queue(tmp_path)
+    worker = sqlite3.connect(tmp_path / "spool" / "shard-0.db", isolation_level=None)
+    worker.execute("BEGIN IMMEDIATE")
+    worker.execute(
+        "UPDATE messages SET leased_by = 'w0', lease_until = ? WHERE id = 'm2'",
+        (time.time() + 300,),
+    )
+    command = [sys.executable, "-m", "mailwarden.cli.main", "queue", "update", "delete"]
+    command += ["domain=slow.example", "--yes", "--config", str(config)]
+    operator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # the CLI lists (WAL readers never wait), then waits for the write lock
+    assert operator.poll() is None, operator.communicate()
+    worker.execute("COMMIT")
+    worker.close()
+    out, errors = operator.communicate(timeout=60)
+    assert operator.returncode == 0, errors
+    assert "1 message(s) skipped: being delivered right now" in out and "m2" in out
+    after = recipients(config)
+    assert after["m2"]["c@slow.example"]["state"] == "sending"
+    assert after["m1"]["a@slow.example"]["state"] == "discarded"
