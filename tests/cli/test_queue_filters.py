@@ -161,3 +161,29 @@ def test_bad_filters_exit_1_naming_the_filter(queue: Path, args: list[str], says
     assert done.returncode == 1, done
     assert says in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_next_hop_follows_the_configured_routes(tmp_path: Path) -> None:
+    """Needs the route table (mailwarden.delivery.routes and [[routes]], part B of issue 7)."""
+    spool = tmp_path / "spool"
+    commit(
+        spool,
+        [
+            message("m1", "a@slow.example", "b@fast.example"),
+            message("m2", Rcpt("c@fast.example", metadata={"next_hop": "[192.0.2.9]:25"})),
+        ],
+    )
+    routes = """
+        [[routes]]
+        domains = ["slow.example"]
+        next_hop = "[10.0.0.5]:2525"
+    """
+    config = write_config(tmp_path, spool, routes)
+    assert listed(config, "next_hop=[10.0.0.5]:2525") == {"m1": [("a@slow.example", "active")]}
+    assert listed(config, "transport=fast.example") == {"m1": [("b@fast.example", "active")]}
+    groups = json.loads(run(config, "groupby", "next_hop", "--json").stdout)
+    assert {g["value"]: g["recipients"] for g in groups} == {
+        "[10.0.0.5]:2525": 1,
+        "fast.example": 1,
+        "[192.0.2.9]:25": 1,
+    }
