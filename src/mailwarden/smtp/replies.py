@@ -251,6 +251,11 @@ DELIVERY_LOOPS_BACK = Reply(554, "5.4.6", "Mail loops back to myself")
 DELIVERY_MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds the remote server's limit")
 DELIVERY_NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "The remote server does not support SMTPUTF8")
 
+# --- Delivery outcomes the node decides itself (DSN Status and Diagnostic-Code) --------------
+# `mailwarden queue update bounce`: X.0.0 "other undefined status" (RFC 3463 §3.1), as no
+# registered code says "the operator cancelled delivery".
+OPERATOR_BOUNCE = Reply(550, "5.0.0", "Delivery cancelled by the queue operator")
+
 
 def greeting(hostname: str, banner: str = "ESMTP Mailwarden") -> Reply:
     return Reply(220, "", f"{hostname} {banner}")
