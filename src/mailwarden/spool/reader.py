@@ -197,7 +197,8 @@ def _recipient(row: sqlite3.Row) -> SpooledRecipient:
         retry_count=row["retry_count"],
         next_attempt=row["next_attempt"],
         last_reply=row["last_reply"],
-        delay_notified=bool(row["delay_notified"]),
+        # Queries that do not ask for it (operator batches): the default.
+        delay_notified="delay_notified" in row.keys() and bool(row["delay_notified"]),
     )
 
 
