@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import email
 import re
+import smtplib
+import time
 from email import policy
 from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.sink import smtp_sink
 
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.queue.bounces import (
@@ -523,6 +526,40 @@ def test_the_bounce_record_goes_from_the_null_sender_to_the_original_sender(
     assert report(parse(stored))[1][0]["Final-Recipient"] == "rfc822; rcpt@remote.test"
 
 
+def test_postfix_smtp_sink_takes_the_bounce_from_the_null_sender(tmp_path: Path) -> None:
+    # A real receiving peer: the DSN goes out as any message (MAIL FROM:<>, the record's
+    # recipient) and arrives as a report the stdlib reads back.
+    long_reply = DeliveryReply(550, "5.7.1", "policy " * 400 + "Größe", remote=True)
+    message = spooled(("rcpt@remote.test", {"ORCPT": "rfc822;rcpt@remote.test"}))
+    record = bounce_record(
+        message,
+        HEADERS + BODY,
+        [failed(reply=long_reply)],
+        reporting_mta=HOST,
+        now=NOW,
+        new_id="dsn-2",
+    )
+    assert record is not None
+    dsn = record.headers + (record.body or b"")
+    with smtp_sink(tmp_path) as sink:
+        with smtplib.SMTP("127.0.0.1", sink.port, timeout=30) as client:
+            refused = client.sendmail(record.sender, [r.address for r in record.recipients], dsn)
+        assert refused == {}
+        for _ in range(200):  # the dump file appears once smtp-sink has written it
+            if sink.messages():
+                break
+            time.sleep(0.05)
+        (dumped,) = sink.messages()
+    assert b"X-Mail-Args: <>\n" in dumped
+    assert b"X-Rcpt-Args: <sender@client.test>\n" in dumped
+    arrived = parse(dumped.replace(b"\n", b"\r\n"))
+    _, (recipient,) = report(arrived)
+    assert recipient["Original-Recipient"] == "rfc822; rcpt@remote.test"
+    assert unescape(recipient["Diagnostic-Code"]) == f"smtp; {long_reply}"
+    assert "Größe" in human(arrived)
+    assert parts(arrived)[2].get_payload(0)["Subject"] == "quarterly figures"
+
+
 # ---------------------------------------------------------------- line lengths
 
 
@@ -740,3 +777,15 @@ def test_every_dsn_parses_and_its_fields_round_trip(
         r.action == "failed" for r in recipients
     )
     assert returned == ("message/rfc822" if full else "text/rfc822-headers")
+
+
+def test_a_non_ascii_reporting_host_is_written_in_idna_and_a_bad_one_refused() -> None:
+    message = spooled(("rcpt@remote.test", {}))
+    dsn = build_dsn(message, HEADERS + BODY, [failed()], reporting_mta="bücher.test", now=NOW)
+    parsed = parse(dsn)
+    assert parsed["From"].addresses[0].addr_spec == "MAILER-DAEMON@xn--bcher-kva.test"
+    assert report(parsed)[0]["Reporting-MTA"] == "dns; xn--bcher-kva.test"
+    with pytest.raises(ValueError, match="reporting_mta"):
+        build_dsn(message, HEADERS + BODY, [failed()], reporting_mta="a b@c", now=NOW)
+    with pytest.raises(ValueError, match="at least one recipient"):
+        build_dsn(message, HEADERS + BODY, [], reporting_mta=HOST, now=NOW)
