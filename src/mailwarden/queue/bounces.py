@@ -295,11 +295,16 @@ def _param(params: dict[str, str | None], key: str) -> str | None:
 
 
 def _decoded_xtext(value: str) -> str:
-    """The xtext ``value`` decoded, or as it is when it is not valid xtext."""
+    """The xtext ``value`` decoded, or as it is when it is not valid xtext. xtext encodes
+    octets (RFC 3461 §4): a sequence that is UTF-8 is read as UTF-8."""
     try:
-        return parse_xtext(value)
+        octets = parse_xtext(value).encode("latin-1")
     except AddressError:
         return value
+    try:
+        return octets.decode("utf-8")
+    except UnicodeDecodeError:
+        return octets.decode("latin-1")
 
 
 def _field_text(value: str) -> str:
