@@ -212,6 +212,10 @@ def node_config(port: int, *, workers: int = 1, spool: str = "", limits: str = "
         hostname = "mx.test.example"
         {node_user_line()}
 
+        # These tests read back what the spool holds; delivery has its own tests.
+        [queue]
+        deliver = false
+
         [spool]
         {spool}
 
