@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mailwarden.config.errors import ConfigError, format_problem
+from mailwarden.config.library import LibrarySettings
 from mailwarden.config.listen import (
     address_family,
     format_listen_address,
@@ -464,6 +465,7 @@ class Config(BaseModel):
     source: Path | None = Field(None, strict=False, exclude=True)
     node: NodeSettings = Field(default_factory=NodeSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    library: LibrarySettings = Field(default_factory=LibrarySettings)
     servers: list[ServerSettings] = Field(
         default_factory=lambda: [ServerSettings(id="default")], min_length=1
     )
