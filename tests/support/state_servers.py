@@ -61,8 +61,11 @@ def redis_server(directory: Path) -> Iterator[RedisServer]:
     log = directory / "redis.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-            + ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"],
+            [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--protected-mode", "no"),
+            ],
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -117,8 +120,10 @@ def postgres_server() -> Iterator[PostgresServer]:
         os.chown(directory, uid, gid)
     try:
         subprocess.run(
-            [_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-            + ["--no-sync", "-E", "UTF8", "--locale", "C"],
+            [
+                *(_postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"),
+                *("--no-sync", "-E", "UTF8", "--locale", "C"),
+            ],
             preexec_fn=switch,
             check=True,
             capture_output=True,
@@ -127,9 +132,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         port = free_port()
         with open(log, "wb") as output:
             process = subprocess.Popen(
-                [_postgres_bin("postgres"), "-D", str(data), "-p", str(port)]
-                + ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={directory}"]
-                + ["-c", "fsync=off", "-c", "synchronous_commit=off"],
+                [
+                    *(_postgres_bin("postgres"), "-D", str(data), "-p", str(port)),
+                    *("-c", "listen_addresses=127.0.0.1"),
+                    *("-c", f"unix_socket_directories={directory}"),
+                    *("-c", "fsync=off", "-c", "synchronous_commit=off"),
+                ],
                 preexec_fn=switch,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -155,5 +163,6 @@ def _wait_accepting(port: int, process: subprocess.Popen[bytes], log: Path) -> N
             return
         except psycopg.OperationalError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres does not accept sessions: {log.read_text()}") from None
+                log_text = log.read_text()
+                raise RuntimeError(f"postgres does not accept sessions: {log_text}") from None
             time.sleep(0.1)

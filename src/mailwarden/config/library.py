@@ -26,7 +26,8 @@ def _invalid(message: str) -> PydanticCustomError:
 def _problem_at(key: str, text: str) -> PydanticCustomError:
     """A cross-field problem reported at ``key``, so the loader names that key's line."""
     summary = f"{key}: {text}"
-    return PydanticCustomError(_PROBLEMS, "{summary}", {"summary": summary, "problems": [((key,), text)]})
+    context = {"summary": summary, "problems": [((key,), text)]}
+    return PydanticCustomError(_PROBLEMS, "{summary}", context)
 
 
 def _check_url(value: str | None, schemes: tuple[str, ...], example: str) -> str | None:

@@ -23,6 +23,7 @@ Expired entries read as absent everywhere; they are removed lazily.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import sqlite3
@@ -275,10 +276,8 @@ class PostgresqlDatastore:
         except Exception as error:  # psycopg.Error, OSError, TimeoutError
             broken, self._connection = self._connection, None  # reconnect next time
             if broken is not None:
-                try:
+                with contextlib.suppress(Exception):  # it is broken already
                     await broken.close()
-                except Exception:
-                    pass
             detail = str(error).strip() or type(error).__name__
             raise BackendError(f"datastore.{what}: PostgreSQL: {detail}") from error
 
