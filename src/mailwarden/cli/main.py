@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mailwarden.cli.datastore import datastore_app
 from mailwarden.config import Config, ConfigError, load_config
 from mailwarden.policy.script import ScriptError
 
@@ -49,6 +50,7 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 queue_app = typer.Typer(help="Look at the messages in the spool.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(queue_app, name="queue")
+app.add_typer(datastore_app, name="datastore")
 
 ConfigOption = Annotated[
     str | None,

@@ -32,6 +32,8 @@ class RedisConnection:
     """One redis-py asyncio client per event loop for a URL (a client is bound to the loop
     its connections were made in; a worker has one loop, tests and the CLI make new ones)."""
 
+    MAX_CONNECTIONS = 16  # per worker: Redis answers one command at a time anyway
+
     def __init__(self, url: str, timeout: float) -> None:
         self.url = url
         self.timeout = timeout
@@ -43,12 +45,16 @@ class RedisConnection:
         if self._client is None or self._loop is not loop:
             import redis.asyncio
 
-            self._client = redis.asyncio.Redis.from_url(
+            # Blocking: a burst of concurrent calls (many sessions at once) waits for one of
+            # the pool's connections instead of failing with "too many connections".
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=self.MAX_CONNECTIONS,
+                timeout=self.timeout,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
-                decode_responses=False,
             )
+            self._client = redis.asyncio.Redis(connection_pool=pool)
             self._loop = loop
         return self._client
 
