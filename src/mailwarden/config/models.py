@@ -465,10 +465,10 @@ class Config(BaseModel):
     source: Path | None = Field(None, strict=False, exclude=True)
     node: NodeSettings = Field(default_factory=NodeSettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
-    library: LibrarySettings = Field(default_factory=LibrarySettings)
     servers: list[ServerSettings] = Field(
         default_factory=lambda: [ServerSettings(id="default")], min_length=1
     )
+    library: LibrarySettings = Field(default_factory=LibrarySettings)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
