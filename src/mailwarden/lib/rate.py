@@ -25,7 +25,7 @@ estimate can be from the exact count; the state per key is four numbers whatever
 
 Backends (``[library] rate_backend``): ``"local"``, a table in a memory-mapped file under
 ``node.data_dir/library/`` shared by every worker process of the node (each bucket of 16 keys
-locked with an fcntl byte-range lock while a call updates it: about 2 µs per call, no system
+locked with an fcntl byte-range lock while a call updates it: about 5 µs per call, no system
 call but the two for the lock); ``"redis"``, one Lua script per call (atomic, cluster-wide,
 Redis's own clock).
 """
