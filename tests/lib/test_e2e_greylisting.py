@@ -7,6 +7,7 @@ lands on the other worker finds nothing, and a reload loads the module afresh.""
 
 from __future__ import annotations
 
+import json
 import smtplib
 import time
 from pathlib import Path
@@ -111,7 +112,7 @@ def test_the_triplets_are_what_operators_see_with_mailwarden_datastore(tmp_path:
         assert rcpt_code(port, 7) == 451
         listed = node.mailwarden("datastore", "list", "greylisting", "--json")
         assert listed.returncode == 0, listed.stderr
-        assert list(__import__("json").loads(listed.stdout)) == [
+        assert list(json.loads(listed.stdout)) == [
             "127.0.0.0/24 sender7@sender.example user7@example.org"
         ]
 

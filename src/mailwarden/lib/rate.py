@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from mailwarden.config.library import LibrarySettings
 
 __all__ = [
+    "LocalRateLimiter",
     "LocalRateTable",
     "RateLimiter",
     "RedisRateLimiter",
@@ -59,6 +60,7 @@ __all__ = [
     "estimate_error",
     "rate",
     "rate_reset",
+    "use",
 ]
 
 log = logging.getLogger("mailwarden.lib")
