@@ -1,5 +1,6 @@
 """Fixtures of the script library's tests: a real DNS server (nsd) on loopback with the zones
-the DNS, DNSBL and SPF tests query, and the library pointed at it."""
+the DNS, DNSBL and SPF tests query, and the library pointed at it; real redis-server and
+PostgreSQL servers for the rate and datastore backends (tests/support/state_servers.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from pathlib import Path
 
 import pytest
 from tests.support.dns_server import DnsServer, dns_server
+from tests.support.state_servers import (
+    PostgresServer,
+    RedisServer,
+    postgres_server,
+    redis_server,
+)
 
 from mailwarden.lib import dns
 
@@ -102,3 +109,35 @@ def resolver(nsd: DnsServer) -> Iterator[DnsServer]:
     dns.configure([nsd.address], timeout=3.0)
     yield nsd
     dns.configure()
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_session: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied for this test."""
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis_session.url) as client:
+        client.flushall()
+    return redis_session
+
+
+@pytest.fixture(scope="session")
+def postgres_session() -> Iterator[PostgresServer]:
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres(postgres_session: PostgresServer) -> PostgresServer:
+    """The session's PostgreSQL, without the datastore table (made again at first use)."""
+    import psycopg
+
+    with psycopg.connect(postgres_session.url, autocommit=True) as connection:
+        connection.execute("DROP TABLE IF EXISTS mailwarden_datastore")
+    return postgres_session

@@ -49,6 +49,7 @@ EXPECTED_HOOKS = {
     "routing_metadata.py": {"rcpt_to", "data"},
     "auth_users.py": {"auth"},
     "count_client_certificates.py": {"helo"},
+    "greylisting.py": {"rcpt_to"},  # end to end in tests/lib/test_e2e_greylisting.py
 }
 
 _connection_numbers = iter(range(1, 1_000_000))

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mailwarden.cli.common import ConfigOption, err, load
+from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
 from mailwarden.config import Config, ConfigError
 from mailwarden.policy.script import ScriptError
@@ -38,6 +39,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(queue_app, name="queue")
+app.add_typer(datastore_app, name="datastore")
 
 
 @app.command()

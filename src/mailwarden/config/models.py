@@ -35,6 +35,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from mailwarden.config.errors import ConfigError, format_problem
+from mailwarden.config.library import LibrarySettings
 from mailwarden.config.listen import (
     address_family,
     format_listen_address,
@@ -484,6 +485,7 @@ class Config(BaseModel):
     routes: list[RouteSettings] = Field(default_factory=list)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     shaping: ShapingRules = Field(default_factory=list)
+    library: LibrarySettings = Field(default_factory=LibrarySettings)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)

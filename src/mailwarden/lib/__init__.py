@@ -8,8 +8,24 @@ names scripts use; it grows one import line per module.
 from __future__ import annotations
 
 from mailwarden.lib import dkim, dlp, dns, lists, spf
+from mailwarden.lib.backends import BackendError
 from mailwarden.lib.cache import cache
+from mailwarden.lib.datastore import datastore
 from mailwarden.lib.lists import load_list
+from mailwarden.lib.rate import rate, rate_reset
 from mailwarden.lib.stat import stat
 
-__all__: list[str] = ["cache", "dkim", "dlp", "dns", "lists", "load_list", "spf", "stat"]
+__all__: list[str] = [
+    "BackendError",
+    "cache",
+    "datastore",
+    "dkim",
+    "dlp",
+    "dns",
+    "lists",
+    "load_list",
+    "rate",
+    "rate_reset",
+    "spf",
+    "stat",
+]

@@ -11,6 +11,7 @@ are documented exactly in docs/library.md.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -19,9 +20,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-__all__ = ["AddressList", "DomainList", "IPList", "ListError", "load_list"]
+__all__ = ["AddressList", "DomainList", "IPList", "ListError", "from_datastore", "load_list"]
 
 log = logging.getLogger("mailwarden.lib")
 
@@ -49,8 +50,13 @@ def _domain_error(domain: str) -> str | None:
     return None
 
 
-def _entries(path: Path) -> Iterable[tuple[int, str]]:
-    """(line number, entry) for each line that has one. A ``#`` at the start of a line or
+# An entry and where it came from ("file:line" or "datastore namespace 'ns' key 'k'"), which
+# starts the message of a ListError about it.
+Entries = Iterable[tuple[str, str]]
+
+
+def _entries(path: Path) -> Entries:
+    """(file:line, entry) for each line that has one. A ``#`` at the start of a line or
     after white space starts a comment; more than one word on a line is an error."""
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -62,24 +68,69 @@ def _entries(path: Path) -> Iterable[tuple[int, str]]:
                     f"{path}:{number}: one entry per line, found {len(words)} words "
                     f"({line.strip()!r}); a comment starts with #"
                 )
-            yield number, words[0]
+            yield f"{path}:{number}", words[0]
 
 
 @dataclass
 class _ReloadingList:
-    """The reload machinery shared by the three kinds: the subclasses parse and match."""
+    """The reload machinery shared by the three kinds: the subclasses parse and match.
 
-    path: Path
+    A list comes from a file (``path``) or from a datastore namespace (``namespace``, path
+    None), whose keys are the entries."""
+
+    path: Path | None
     check_interval: float = 1.0
     _signature: tuple[int, int, int, int] | None = field(default=None, repr=False)
     _checked: float = field(default=0.0, repr=False)
 
     kind: str = field(default="", init=False)
+    namespace: str | None = field(default=None, kw_only=True)
+    _loaded: bool = field(default=False, repr=False, kw_only=True)
+    _refreshing: asyncio.Future[None] | None = field(default=None, repr=False, kw_only=True)
+
+    async def fresh(self) -> Self:
+        """This list, with entries at most ``check_interval`` seconds old. A datastore list
+        reads its namespace the first time (raising ListError for a key that is not a valid
+        entry, BackendError when the datastore fails) and again once the interval has passed
+        (then a failure keeps the previous entries and is logged). Concurrent calls share one
+        read. For a file list it is the check a lookup makes anyway."""
+        if self.namespace is None:
+            self._maybe_reload()
+            return self
+        if self._loaded and time.monotonic() - self._checked < self.check_interval:
+            return self
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_namespace(self.namespace))
+        refreshing = self._refreshing
+        try:
+            await asyncio.shield(refreshing)
+        except Exception as error:
+            if not self._loaded:
+                raise
+            log.error(
+                "list from datastore namespace %r not reloaded, keeping the previous entries: %s",
+                self.namespace,
+                error,
+            )
+        finally:
+            if self._refreshing is refreshing and refreshing.done():
+                self._refreshing = None
+        return self
+
+    async def _read_namespace(self, namespace: str) -> None:
+        from mailwarden.lib.datastore import datastore
+
+        self._checked = time.monotonic()  # a failure too waits for the next interval
+        keys = await datastore.keys(namespace)
+        self._parse((f"datastore namespace {namespace!r} key {key!r}", key) for key in keys)
+        self._loaded = True
 
     def reload(self) -> None:
         """Read the file now (raises ListError or OSError; the previous entries stay then)."""
+        if self.path is None:
+            raise ValueError("a datastore list is read with `await lst.fresh()`")
         signature = self._stat()
-        self._parse(self.path)
+        self._parse(_entries(self.path))
         self._signature = signature
         self._checked = time.monotonic()
 
@@ -90,6 +141,13 @@ class _ReloadingList:
         return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
     def _maybe_reload(self) -> None:
+        if self.path is None:  # a datastore list: fresh() reads it, a lookup only matches
+            if not self._loaded:
+                raise RuntimeError(
+                    f"the list from datastore namespace {self.namespace!r} is not loaded yet: "
+                    "look up in `await lst.fresh()`"
+                )
+            return
         now = time.monotonic()
         if now - self._checked < self.check_interval:
             return
@@ -107,13 +165,13 @@ class _ReloadingList:
             return
         self._signature = signature  # also when it fails: logged once per change of the file
         try:
-            self._parse(self.path)
+            self._parse(_entries(self.path))
         except (ListError, OSError, UnicodeDecodeError) as error:
             log.error("list %s not reloaded, keeping the previous entries: %s", self.path, error)
             return
         log.info("list %s reloaded: %d entries", self.path, len(self))
 
-    def _parse(self, path: Path) -> None:
+    def _parse(self, entries: Entries) -> None:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -133,15 +191,15 @@ class DomainList(_ReloadingList):
     def __post_init__(self) -> None:
         self.kind = "domain"
 
-    def _parse(self, path: Path) -> None:
+    def _parse(self, entries: Entries) -> None:
         exact: set[str] = set()
         parents: set[str] = set()
-        for number, entry in _entries(path):
+        for where, entry in entries:
             entry = entry.lower()
             bare = entry[1:] if entry.startswith(".") else entry
             problem = _domain_error(bare)
             if problem:
-                raise ListError(f"{path}:{number}: {problem}")
+                raise ListError(f"{where}: {problem}")
             (parents if entry.startswith(".") else exact).add(entry)
         self._exact, self._parents = frozenset(exact), frozenset(parents)
 
@@ -188,26 +246,26 @@ class AddressList(DomainList):
     def _local(self, local: str) -> str:
         return local if self.case_sensitive_local else local.lower()
 
-    def _parse(self, path: Path) -> None:
+    def _parse(self, entries: Entries) -> None:
         addresses: set[str] = set()
         locals_: set[str] = set()
         exact: set[str] = set()
         parents: set[str] = set()
-        for number, entry in _entries(path):
+        for where, entry in entries:
             local, at, domain = entry.rpartition("@")
             domain = domain.lower()
             if at and not local:
-                raise ListError(f"{path}:{number}: {entry!r} has an empty local part")
+                raise ListError(f"{where}: {entry!r} has an empty local part")
             if at and not domain:
                 locals_.add(self._local(local))
                 continue
             bare = domain[1:] if domain.startswith(".") else domain
             problem = _domain_error(bare)
             if problem:
-                raise ListError(f"{path}:{number}: {problem}")
+                raise ListError(f"{where}: {problem}")
             if at:
                 if domain.startswith("."):
-                    raise ListError(f"{path}:{number}: {entry!r}: a domain cannot start with .")
+                    raise ListError(f"{where}: {entry!r}: a domain cannot start with .")
                 addresses.add(f"{self._local(local)}@{domain}")
             else:
                 (parents if domain.startswith(".") else exact).add(domain)
@@ -245,16 +303,16 @@ class IPList(_ReloadingList):
     def __post_init__(self) -> None:
         self.kind = "ip"
 
-    def _parse(self, path: Path) -> None:
+    def _parse(self, entries: Entries) -> None:
         networks: dict[tuple[int, int], set[int]] = {}
-        for number, entry in _entries(path):
+        for where, entry in entries:
             try:
                 network = ipaddress.ip_network(entry)
             except ValueError as error:
                 hint = ""
                 if "has host bits set" in str(error):
                     hint = f"; did you mean {ipaddress.ip_network(entry, strict=False)}?"
-                raise ListError(f"{path}:{number}: {error}{hint}") from None
+                raise ListError(f"{where}: {error}{hint}") from None
             key = (network.version, network.prefixlen)
             networks.setdefault(key, set()).add(int(network.network_address))
         # Longest prefixes first only matters for speed of a hit, not for the answer.
@@ -320,3 +378,30 @@ def load_list(
         lst = _KINDS[kind](Path(path), check_interval)
     lst.reload()
     return lst  # type: ignore[return-value]
+
+
+def from_datastore(
+    namespace: str,
+    kind: Kind = "address",
+    *,
+    check_interval: float = 10.0,
+    case_sensitive_local: bool = False,
+) -> AddressList | DomainList | IPList:
+    """A list whose entries are the keys of datastore ``namespace`` (their values are free:
+    a reason, a date), with the format and matching rules of a file list. Nothing is read
+    here: a hook awaits ``lst.fresh()``, which reads the namespace the first time and again
+    every ``check_interval`` seconds, then tests membership (``value in await lst.fresh()``).
+    Editing the namespace (``mailwarden datastore set NAMESPACE ENTRY …``) takes effect
+    within ``check_interval`` on every worker."""
+    if kind not in _KINDS:
+        raise ValueError(
+            f"from_datastore(): kind must be 'address', 'domain' or 'ip', got {kind!r}"
+        )
+    if kind == "address":
+        return AddressList(
+            None,
+            check_interval,
+            case_sensitive_local=case_sensitive_local,
+            namespace=namespace,
+        )
+    return _KINDS[kind](None, check_interval, namespace=namespace)  # type: ignore[return-value]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mailwarden import logs, stats
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
+from mailwarden.lib import backends as lib_backends
 from mailwarden.lib import dns as lib_dns
 from mailwarden.node.delivery import new_manager, reconfigure
 from mailwarden.node.errors import StartupError
@@ -266,8 +267,10 @@ class Worker:
 
 
 def _configure_library(config: Config) -> None:
-    """Point the script library's resolver at [node] dns_servers (validated by the config)."""
+    """Point the script library's resolver at [node] dns_servers (validated by the config),
+    its rate limits and datastore at the [library] backends."""
     lib_dns.configure(config.node.dns_servers, config.node.dns_timeout)
+    lib_backends.configure(config.library, config.node.data_dir)
 
 
 def _open_spool(config: Config, index: int) -> SpoolStore:

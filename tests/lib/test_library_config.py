@@ -1,0 +1,59 @@
+"""``[library]``: every key documented in docs/configuration.md, the defaults, and errors that
+name the file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailwarden.config import ConfigError, load_config
+from mailwarden.config.library import LibrarySettings
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def test_docs_describe_every_library_key() -> None:
+    docs = DOCS.read_text(encoding="utf-8")
+    assert "## `[library]`" in docs
+    section = docs.split("## `[library]`", 1)[1].split("\n## ", 1)[0]
+    for key in LibrarySettings.model_fields:
+        assert f"| `{key}` |" in section, f"library.{key} is not documented"
+
+
+def test_defaults_keep_everything_on_the_node(tmp_path: Path) -> None:
+    library = load_config(None).library
+    assert (library.rate_backend, library.datastore) == ("local", "sqlite")
+    assert library.redis_url is None and library.postgresql_url is None
+
+
+def test_redis_and_postgresql_backends_load(tmp_path: Path) -> None:
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(
+        "[library]\n"
+        'rate_backend = "redis"\n'
+        'datastore = "postgresql"\n'
+        'redis_url = "redis://127.0.0.1:6379/1"\n'
+        'postgresql_url = "postgresql://mailwarden@db.example:5432/mailwarden"\n'
+    )
+    library = load_config(path).library
+    assert library.rate_backend == "redis" and library.datastore == "postgresql"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('rate_backend = "redis"\n', ":2: library.rate_backend: expected redis_url as well"),
+        ('datastore = "postgresql"\n', ":2: library.datastore: expected postgresql_url"),
+        ('redis_url = "http://x"\n', ":2: library.redis_url: expected a URL such as"),
+        ('datastore = "mysql"\n', ":2: library.datastore: expected"),
+        ("rate_slots = 10\n", ":2: library.rate_slots: expected"),
+        ("rate_limit = 1\n", ":2: library.rate_limit: unknown key"),
+    ],
+)
+def test_errors_name_the_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "mailwarden.toml"
+    path.write_text("[library]\n" + text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert expected in str(caught.value), str(caught.value)
