@@ -151,9 +151,9 @@ def build(
 
 
 def _fold(value: str) -> bytes:
-    """One clause per line (RFC 5322 §2.2.3 folding at the ``;`` separators)."""
-    parts = value.split("; ")
-    return (f"{FIELD}: " + ";\r\n\t".join(parts) + "\r\n").encode("ascii", "replace")
+    """One clause per line (RFC 5322 §2.2.3 folding at the ``;`` separators): the space after
+    each ``;`` starts the next line, so that unfolding gives the value back unchanged."""
+    return (f"{FIELD}: " + value.replace("; ", ";\r\n ") + "\r\n").encode("ascii", "replace")
 
 
 def add(
