@@ -7,9 +7,22 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import dkim, dlp, dns, lists, spf
+from mailwarden.lib import arc, authres, dkim, dlp, dmarc, dns, http, lists, spf
 from mailwarden.lib.cache import cache
 from mailwarden.lib.lists import load_list
 from mailwarden.lib.stat import stat
 
-__all__: list[str] = ["cache", "dkim", "dlp", "dns", "lists", "load_list", "spf", "stat"]
+__all__: list[str] = [
+    "arc",
+    "authres",
+    "cache",
+    "dkim",
+    "dlp",
+    "dmarc",
+    "dns",
+    "http",
+    "lists",
+    "load_list",
+    "spf",
+    "stat",
+]
