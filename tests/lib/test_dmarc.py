@@ -202,6 +202,7 @@ async def test_dns_failure_is_temperror(configured: DnsServer) -> None:
         (b"From: a@dmarc.test, b@pct.test\r\n", "the From field has 2 addresses"),
         (b"From: undisclosed:;\r\n", "the From field has 0 addresses"),
         (b"From: root@localhost\r\n", "'localhost' is not a domain name"),
+        (b"From: a@\r\n", "the From field cannot be parsed"),
     ],
 )
 async def test_no_single_from_domain_is_permerror(
@@ -217,6 +218,21 @@ async def test_encoded_display_name_with_a_comma_is_one_address(configured: DnsS
     msg = message(b"From: =?utf-8?q?Smith=2C_John?= <john@dmarc.test>\r\n")
     result = await dmarc.evaluate(await msg.raw(), spf=spf_pass("dmarc.test"))
     assert result.result == "pass" and result.from_domain == "dmarc.test"
+
+
+async def test_internationalised_from_domain_is_looked_up_as_a_label(
+    configured: DnsServer,
+) -> None:
+    result = await dmarc.evaluate(b"From: a@m\xc3\xbcller.dmarc.test\r\n\r\nhi\r\n")
+    # xn--mller-kva.dmarc.test has no record: dmarc.test's sp= applies.
+    assert (result.from_domain, result.policy_domain) == ("xn--mller-kva.dmarc.test", "dmarc.test")
+    assert result.policy == "quarantine"
+
+
+@given(st.binary(max_size=120))
+def test_from_parsing_never_crashes(value: bytes) -> None:
+    domain, why = dmarc._from_domain(b"From: " + value + b"\r\nTo: b@example.org\r\n\r\n")
+    assert (domain is None) == bool(why)
 
 
 def test_record_parser_reads_every_tag() -> None:

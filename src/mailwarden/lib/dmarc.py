@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from email.headerregistry import AddressHeader
-from email.parser import BytesHeaderParser
+from email.parser import HeaderParser
 from email.policy import default as default_policy
 from typing import Literal
 
@@ -235,12 +235,17 @@ def _header_block(raw: bytes) -> bytes:
 
 def _from_domain(header_block: bytes) -> tuple[str | None, str]:
     """The RFC5322.From domain (RFC 7489 §6.6.1), or None and why there is none to use."""
-    parsed = BytesHeaderParser(policy=default_policy).parsebytes(header_block)
-    fields = parsed.get_all("From") or []
-    if len(fields) != 1:
-        return None, f"the message has {len(fields)} From fields; DMARC needs exactly one"
-    header = fields[0]
-    addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    # UTF-8 header fields (RFC 6532) are read as such, so an internationalised domain is one.
+    text = header_block.decode("utf-8", "replace")
+    try:
+        parsed = HeaderParser(policy=default_policy).parsestr(text)
+        fields = parsed.get_all("From") or []
+        if len(fields) != 1:
+            return None, f"the message has {len(fields)} From fields; DMARC needs exactly one"
+        header = fields[0]
+        addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    except Exception as error:  # the standard library's parser can trip on odd input
+        return None, f"the From field cannot be parsed ({type(error).__name__})"
     if len(addresses) != 1:
         return None, f"the From field has {len(addresses)} addresses; DMARC needs exactly one"
     domain = addresses[0].domain.lower().rstrip(".")
@@ -269,7 +274,7 @@ async def _lookup(domain: str) -> _Found | None:
     DnsError propagates (temporary)."""
     texts = await lib_dns.txt(f"_dmarc.{domain}")
     # Step 3: records not starting with v=DMARC1 are discarded (a lone "v=spf1" is not ours).
-    candidates = [t for t in texts if re.match(r"v\s*=\s*DMARC1\s*(;|$)", t)]
+    candidates = [t for t in texts if re.match(r"[vV]\s*=\s*DMARC1\s*(;|$)", t)]
     if not candidates:
         return None
     if len(candidates) > 1:
