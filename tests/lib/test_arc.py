@@ -4,6 +4,7 @@ implementation from dkimpy, with its own DNS lookups to nsd)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from dataclasses import dataclass
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.support.dns_server import DnsServer, dns_server, silent_server
 from tests.support.mail_dkim import perl_arc_verify
 
@@ -246,3 +249,61 @@ async def test_sealing_refuses_what_would_make_a_broken_chain(configured: Sealer
         await arc.seal(
             message(), domain="first.test", selector="arc", key=configured.first, authres="x; ="
         )
+
+
+TAIL = b" a=rsa-sha256; d=first.test; s=arc; bh=AAAA; b=AAAA;"
+MALFORMED = [
+    # dkimpy cannot find an AMS written "i=1 ;" again (it looks for " i=1;"): still a fail.
+    b"ARC-Message-Signature: i=1 ;" + TAIL + b" h=from\r\n",
+    b"ARC-Message-Signature:i=1;" + TAIL + b" h=from\r\n",
+    b"ARC-Message-Signature: i=1;" + TAIL + b" h=arc-seal\r\n",
+]
+SEAL = b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=first.test; s=arc; b=AAAA\r\n"
+AAR = b"ARC-Authentication-Results: i=1; mx.first.test; none\r\n"
+
+
+@pytest.mark.parametrize("ams", MALFORMED)
+async def test_malformed_sets_fail_without_raising(configured: Sealers, ams: bytes) -> None:
+    result = await arc.verify(SEAL + ams + AAR + HEADER + b"\r\n" + BODY)
+    assert (result.result, result.instances, result.temporary) == ("fail", 1, False)
+    assert result.reason
+
+
+async def test_arc_fields_without_an_instance_are_a_fail_not_none(configured: Sealers) -> None:
+    result = await arc.verify(b"ARC-Seal: i=abc; cv=none\r\n" + HEADER + b"\r\n" + BODY)
+    assert result.result == "fail" and "without a valid i=" in result.reason
+    result = await arc.verify(b"ARC-Seal: i=51; cv=pass\r\n" + HEADER + b"\r\n" + BODY)
+    assert result.result == "fail" and "i=51 is over 50" in result.reason
+
+
+async def test_impossible_key_name_is_not_a_dns_failure(configured: Sealers) -> None:
+    seal = b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=" + b"x" * 70 + b".test; s=arc; b=AAAA\r\n"
+    msg = message()
+    await hop(msg, "mx.first.test", "first.test", configured.first)
+    raw = (await msg.raw()).split(b"\r\n", 1)
+    assert raw[0].startswith(b"ARC-Seal:")
+    folded_end = raw[1].index(b"ARC-Message-Signature:")
+    result = await arc.verify(seal + raw[1][folded_end:])
+    assert result.result == "fail" and not result.temporary
+
+
+FIELDS = st.sampled_from(["ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results"])
+TAGS = st.sampled_from(["i=1", "i=2", "cv=none", "cv=pass", "a=rsa-sha256", "d=first.test"])
+NOISE = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=30)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(FIELDS, st.lists(st.one_of(TAGS, NOISE), max_size=6)), max_size=4))
+def test_verify_never_raises_on_arc_like_fields(
+    sealers: Sealers, fields: list[tuple[str, list[str]]]
+) -> None:
+    head = b"".join(f"{name}: {'; '.join(tags)}\r\n".encode() for name, tags in fields)
+    dns.configure([sealers.server.address], timeout=1.0)
+    try:
+        result = asyncio.run(arc.verify(head + HEADER + b"\r\n" + BODY))
+    finally:
+        dns.configure()
+    assert result.result in ("none", "fail")
+    assert (result.result == "none") == (not fields)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import dkim as dkimpy
+import dns.exception
+import dns.name
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from mailwarden.lib import authres as lib_authres
@@ -211,6 +213,10 @@ def _key_names(raw: bytes) -> set[str]:
 async def _fetch(name: str) -> tuple[bytes | None, str]:
     """The key record at ``name`` (None when not published) and a temporary failure's text."""
     try:
+        dns.name.from_text(name)
+    except (dns.exception.DNSException, UnicodeError):
+        return None, ""  # no such name can exist (a label over 63 octets…): not published
+    try:
         records = await lib_dns.txt(name)
     except lib_dns.DnsError as error:
         return None, f"key lookup {name}: {error.reason}"
@@ -230,6 +236,10 @@ def _validate(raw: bytes, records: dict[str, bytes | None]) -> tuple[object, lis
         return dkimpy.ARC(raw).verify(dnsfunc=lookup)
     except dkimpy.DKIMException as error:
         return dkimpy.CV_Fail, [], str(error)
+    except (IndexError, KeyError, ValueError, TypeError) as error:
+        # dkimpy trips on some malformed sets (an AMS whose i= it cannot find again): such a
+        # set cannot be validated, so the chain fails (RFC 8617 §5.2).
+        return dkimpy.CV_Fail, [], f"malformed ARC set ({type(error).__name__}: {error})"
 
 
 def _sets(details: list[dict]) -> tuple[ArcSet, ...]:
@@ -258,13 +268,19 @@ async def verify(message: Message | bytes) -> ArcResult:
     verify is a ``fail``; one whose lookup failed temporarily too, with ``temporary=True``."""
     raw = message if isinstance(message, bytes) else await message.raw()
     try:
-        highest, _ = dkimpy.ARC(raw).sorted_arc_headers()
+        parsed = dkimpy.ARC(raw)
+        highest, _ = parsed.sorted_arc_headers()
     except dkimpy.DKIMException as error:
         if b"arc-" not in raw.lower():
             return ArcResult("none")
         return ArcResult("fail", reason=f"message not parseable: {error}")
     if not highest:
+        if any(name.lower() in dkimpy.ARC.ARC_HEADERS for name, _ in parsed.headers):
+            # ARC fields, none with a usable i=: a broken chain, not an absent one (§5.2).
+            return ArcResult("fail", reason="ARC header fields without a valid i= instance")
         return ArcResult("none")
+    if highest > MAX_INSTANCE:
+        return ArcResult("fail", int(highest), f"i={highest} is over {MAX_INSTANCE} (§4.2.1)")
     names = sorted(_key_names(raw))
     fetched = await asyncio.gather(*(_fetch(name) for name in names))
     records = {name: record for name, (record, _) in zip(names, fetched, strict=True)}
@@ -276,6 +292,9 @@ async def verify(message: Message | bytes) -> ArcResult:
     if cv is None:
         # dkimpy's "chain terminated": a seal says cv=fail, so the chain fails (§5.2 step 2).
         reason = reason or "an ARC-Seal reports cv=fail"
+    # Only a signature that could not be checked for want of its key may pass later; a
+    # chain broken in its structure or by a cv=fail seal fails whatever DNS says.
+    temporary = bool(trouble) and "did not validate" in reason
     if trouble:
         reason = f"{reason} ({trouble})" if reason else trouble
-    return ArcResult("fail", int(highest), reason, sets, temporary=bool(trouble))
+    return ArcResult("fail", int(highest), reason, sets, temporary=temporary)
