@@ -7,7 +7,7 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import dkim, dlp, dns, lists, spf
+from mailwarden.lib import arc, authres, dkim, dlp, dmarc, dns, http, lists, spf
 from mailwarden.lib.backends import BackendError
 from mailwarden.lib.cache import cache
 from mailwarden.lib.datastore import datastore
@@ -17,11 +17,15 @@ from mailwarden.lib.stat import stat
 
 __all__: list[str] = [
     "BackendError",
+    "arc",
+    "authres",
     "cache",
     "datastore",
     "dkim",
     "dlp",
+    "dmarc",
     "dns",
+    "http",
     "lists",
     "load_list",
     "rate",

@@ -7,7 +7,7 @@ received (DKIM signatures stay valid). Edited and added fields are written as ``
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.header import decode_header, make_header
 
 _FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 §3.6.8 ftext
@@ -109,6 +109,22 @@ class Headers:
         removed = before - len(self._fields)
         self.modified = self.modified or bool(removed)
         return removed
+
+    def delete_if(self, name: str, predicate: Callable[[str], bool]) -> int:
+        """Delete the ``name`` fields whose value (as :meth:`get_all` gives it) ``predicate``
+        holds for, keeping the others in place; returns how many were deleted."""
+        lname = name.lower()
+        before = len(self._fields)
+        self._fields = [
+            f for f in self._fields if f[0].lower() != lname or not predicate(_value_of(f[1]))
+        ]
+        removed = before - len(self._fields)
+        self.modified = self.modified or bool(removed)
+        return removed
+
+    def copy(self) -> Headers:
+        """An independent copy (the fields' raw bytes shared, they are immutable)."""
+        return Headers(list(self._fields))
 
     def to_bytes(self) -> bytes:
         return b"".join(raw for _, raw in self._fields)

@@ -198,7 +198,7 @@ def _recipient(row: sqlite3.Row) -> SpooledRecipient:
         next_attempt=row["next_attempt"],
         last_reply=row["last_reply"],
         # Queries that do not ask for it (operator batches): the default.
-        delay_notified="delay_notified" in row.keys() and bool(row["delay_notified"]),
+        delay_notified="delay_notified" in row.keys() and bool(row["delay_notified"]),  # noqa: SIM118
     )
 
 

@@ -1,0 +1,40 @@
+"""An independent ARC verifier for the tests: Perl's Mail::DKIM (Debian's libmail-dkim-perl),
+a separate implementation from dkimpy, with its DNS lookups sent straight to the test's nsd.
+
+    perl_arc_verify(raw_message, server)  # -> "pass", "fail" or "none", then Mail::DKIM's detail
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+from tests.support.dns_server import DnsServer
+
+_VERIFY = r"""
+use strict;
+use Mail::DKIM::ARC::Verifier;
+use Mail::DKIM::DNS;
+use Net::DNS::Resolver;
+my $resolver = Net::DNS::Resolver->new(
+    nameservers => ["127.0.0.1"], port => $ARGV[0], recurse => 0, udp_timeout => 3);
+Mail::DKIM::DNS::resolver($resolver);
+my $verifier = Mail::DKIM::ARC::Verifier->new(Strict => 1);
+binmode STDIN;
+while (my $line = <STDIN>) { $line =~ s/\015?\012/\015\012/; $verifier->PRINT($line); }
+$verifier->CLOSE;
+print $verifier->result, "\n", ($verifier->result_detail // ""), "\n";
+"""
+
+
+def perl_arc_verify(raw: bytes, server: DnsServer) -> tuple[str, str]:
+    """Mail::DKIM's ARC chain result for ``raw`` and its detail text."""
+    done = subprocess.run(
+        ["perl", "-e", _VERIFY, str(server.port)],
+        input=raw,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    result, _, detail = done.stdout.decode().partition("\n")
+    return result.strip(), detail.strip()
