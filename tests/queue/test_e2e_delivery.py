@@ -155,10 +155,11 @@ id = "two-per-domain"
 fields = ["domain"]
 max_connections = 2
 """
-    # The peer greets after half a second: attempts pile up while connections open, so
+    # The peer greets after 0.3 s (under the 0.5 s the start-up probe waits for a greeting):
+    # attempts pile up while connections open, so
     # without the rule the node would open many more than two.
     with (
-        peer_node(tmp_path / "peer", server="greeting_delay = 0.5\n") as peer,
+        peer_node(tmp_path / "peer", server="greeting_delay = 0.3\n") as peer,
         sending_node(
             tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES + shaping, workers=2
         ) as node,

@@ -46,11 +46,11 @@ def _fail(message: str) -> typer.Exit:
 
 def _call(config_path: str | None, work: Callable[[Any], Awaitable[T]]) -> T:
     """Configure the datastore as the node does, run ``work(datastore)``, close the backend."""
-    from mailwarden.cli.main import _load
+    from mailwarden.cli.common import load
     from mailwarden.lib.backends import BackendError
     from mailwarden.lib.datastore import Datastore, backend_for
 
-    settings = _load(config_path)
+    settings = load(config_path)
     store = Datastore(backend_for(settings.library, settings.node.data_dir))
 
     async def run() -> T:
