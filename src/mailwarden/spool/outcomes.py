@@ -65,7 +65,10 @@ class LeasedMessage:
         return self.headers + self.body_path.read_bytes()
 
 
-_DUE_IDS = """
+# Due: a deliverable recipient whose next attempt has come (index recipients_due), of a
+# message no live lease holds. One UPDATE under the write lock: leasing is atomic. Shared by
+# SpoolStore.lease_due (ids only) and lease_and_load (ids, then the rows).
+DUE_IDS = """
 UPDATE messages SET leased_by = :owner, lease_until = :until
 WHERE id IN (
     SELECT m.id FROM messages AS m
@@ -102,7 +105,7 @@ def lease_and_load(
     """Lease up to ``limit`` due messages to ``owner`` and read them, oldest first."""
     states = {f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))}
     parameters = {"owner": owner, "until": until, "now": now, "limit": limit, **states}
-    ids = sorted(row[0] for row in db.execute(_DUE_IDS, parameters).fetchall())
+    ids = sorted(row[0] for row in db.execute(DUE_IDS, parameters).fetchall())
     if not ids:
         return []
     marks = ",".join("?" * len(ids))

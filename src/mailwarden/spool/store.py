@@ -227,7 +227,7 @@ class SpoolStore:
             "limit": limit,
             **{f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))},
         }
-        rows = await self._run(lambda db: db.execute(_LEASE_DUE, parameters).fetchall())
+        rows = await self._run(lambda db: db.execute(outcomes.DUE_IDS, parameters).fetchall())
         return sorted(row[0] for row in rows)
 
     async def renew_lease(
@@ -433,23 +433,6 @@ class SpoolStore:
         if self.events:
             self.events.emit((event,))
 
-
-# Due: a deliverable recipient whose next attempt has come (index recipients_due), of a
-# message no live lease holds. One UPDATE under the write lock: leasing is atomic.
-_LEASE_DUE = """
-UPDATE messages SET leased_by = :owner, lease_until = :until
-WHERE id IN (
-    SELECT m.id FROM messages AS m
-    WHERE (m.lease_until IS NULL OR m.lease_until <= :now)
-      AND m.id IN (
-          SELECT message_id FROM recipients
-          WHERE state IN (:s0, :s1) AND next_attempt <= :now
-      )
-    ORDER BY m.id
-    LIMIT :limit
-)
-RETURNING id
-"""
 
 _SET_STATE = """
 UPDATE recipients
