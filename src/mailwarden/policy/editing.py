@@ -136,7 +136,7 @@ def replace(
     body = transfer.encode(data, encoding)
     if encoding != "base64" and transfer.collides(body, entity.boundaries()):
         encoding, body = "base64", transfer.encode_base64(data)
-    headers = entity.headers
+    headers = entity.editable_headers()
     for name in [name for name, _ in headers if name.lower().startswith("content-")]:
         headers.delete(name)
     _add(headers, "Content-Type", ctype.lower(), params)
@@ -174,7 +174,7 @@ def _parameter(key: str, text: str) -> list[str]:
     # back so that it never splits a %XX escape.
     pieces, rest = [], encoded
     while rest:
-        cut = min(60, len(rest))
+        cut = min(50, len(rest))
         percent = rest.rfind("%", max(cut - 2, 0), cut)
         if cut < len(rest) and percent >= 0:
             cut = percent
@@ -301,7 +301,7 @@ def _known_charset(charset: str) -> bool:
 
 
 def _set_header(entity: mime.Entity, name: str, value: str) -> None:
-    entity.headers.set(name, value)
+    entity.editable_headers().set(name, value)
     if entity.top:
         ensure_mime_version(entity.headers)
 

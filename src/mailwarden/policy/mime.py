@@ -55,6 +55,7 @@ class Entity:
     children: list[tuple[int, Entity]] = field(default_factory=list)
     closing_start: int = 0
     inner: Entity | None = None  # message/rfc822: the enclosed message
+    has_separator: bool = True  # a blank line ended the header fields
     dirty: bool = False
     new_body: bytes | None = None  # an edited leaf's encoded body
 
@@ -90,6 +91,20 @@ class Entity:
         if self.new_body is not None:
             return self.new_body
         return bytes(source[self.body_start : self.end])
+
+    def editable_headers(self) -> Headers:
+        """The fields, ready for fields to be added: fields that ran into the next delimiter
+        (no blank line; the CRLF before a delimiter is the delimiter's) get their line end."""
+        raw = self.headers.to_bytes()
+        if raw and not raw.endswith(b"\r\n"):
+            self.headers = Headers.parse(raw + b"\r\n")
+        return self.headers
+
+    def _head(self) -> bytes:
+        """The header fields and the blank line, as written for a dirty entity."""
+        if self.has_separator or self.new_body is not None:
+            return self.editable_headers().to_bytes() + b"\r\n"
+        return self.headers.to_bytes()
 
     def mark_dirty(self) -> None:
         node: Entity | None = self
@@ -148,18 +163,15 @@ def parse(source: Source, headers: Headers) -> Entity:
 
 def _entity(source: Source, start: int, end: int, parent: Entity) -> Entity:
     """An entity (header fields, blank line, body) in ``source[start:end]``."""
-    if bytes(source[start : start + 2]) == b"\r\n":  # no header fields at all
+    if end - start >= 2 and bytes(source[start : start + 2]) == b"\r\n":  # no header fields
         header_end, body_start = start, start + 2
     else:
         found = source.find(b"\r\n\r\n", start, end)
         header_end, body_start = (found + 2, found + 4) if found >= 0 else (end, end)
-    block = bytes(source[start:header_end])
-    if block and not block.endswith(b"\r\n"):
-        # Fields running into the next delimiter (no blank line; that CRLF is the delimiter's):
-        # only written again once the part is edited, and then they need their own line end.
-        block += b"\r\n"
-    headers = Headers.parse(block)
-    return Entity(start, body_start, end, headers, parent=parent)
+    headers = Headers.parse(bytes(source[start:header_end]))
+    entity = Entity(start, body_start, end, headers, parent=parent)
+    entity.has_separator = body_start > header_end
+    return entity
 
 
 def _classify(entity: Entity, source: Source, default: str, depth: int, count: list[int]) -> None:
@@ -244,7 +256,7 @@ def chunks(entity: Entity, source: Source) -> Iterator[bytes]:
         yield from _copy(source, entity.body_start if entity.top else entity.start, entity.end)
         return
     if not entity.top:
-        yield entity.headers.to_bytes() + b"\r\n"
+        yield entity._head()
     if entity.new_body is not None or entity.kind == "leaf":
         yield entity.body(source)
     elif entity.kind == "message":
@@ -264,7 +276,7 @@ def size(entity: Entity, source: Source) -> int:
         return entity.end - (entity.body_start if entity.top else entity.start)
     total = 0
     if not entity.top:
-        total += len(entity.headers.to_bytes()) + 2
+        total += len(entity._head())
     if entity.new_body is not None or entity.kind == "leaf":
         return total + len(entity.body(source))
     if entity.kind == "message":
