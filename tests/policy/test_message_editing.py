@@ -239,3 +239,24 @@ async def test_text_that_looks_like_a_boundary_cannot_split_the_message() -> Non
     assert len(parsed.get_payload()) == 2  # still the alternative and the attachment
     text = next(p for p in parsed.walk() if p.get_content_type() == "text/plain")
     assert text.get_content().replace("\r\n", "\n").endswith(f"--{outer}\nnot a part\n")
+
+
+async def test_a_signed_body_refuses_edits(tmp_path: Path) -> None:
+    """DKIM signs the message as edited; a body edit after signing would break the
+    signature, so it is refused with a clear error instead."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from mailwarden.lib import dkim
+
+    key = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    message = message_of(rich())
+    await message.append_text("footer")
+    await dkim.sign(message, domain="example.org", selector="s", key=key)
+    assert len(await message.parts()) == 4  # reading is still fine
+    with pytest.raises(ValueError, match="DKIM-Signature already; edit it before signing"):
+        await message.append_text("too late")
+    with pytest.raises(ValueError, match="before signing"):
+        await message.remove_part("2")

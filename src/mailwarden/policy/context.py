@@ -279,6 +279,7 @@ class Message:
         "_handle",
         "_open_body",
         "_separator",
+        "_signed_by",
         "_source",
         "_tree",
         "headers",
@@ -300,6 +301,7 @@ class Message:
         self._tree: mime.Entity | None = None
         self._source: mime.Source = b""
         self._handle: BinaryIO | None = None
+        self._signed_by: str | None = None
 
     @property
     def body_size(self) -> int:
@@ -344,13 +346,13 @@ class Message:
         """Put ``text`` at the start of the body's text: the first text/plain part, and the
         first text/html part (``html`` there, else ``text`` escaped, right after ``<body>``).
         Returns the paths of the parts changed; empty if the body has no text part."""
-        changed = editing.insert_text(self._parsed(), self._source, text, html, "start")
+        changed = editing.insert_text(self._for_edit(), self._source, text, html, "start")
         self._edited()
         return changed
 
     async def append_text(self, text: str, *, html: str | None = None) -> list[str]:
         """As :meth:`prepend_text`, at the end (HTML: before ``</body>``): a footer."""
-        changed = editing.insert_text(self._parsed(), self._source, text, html, "end")
+        changed = editing.insert_text(self._for_edit(), self._source, text, html, "end")
         self._edited()
         return changed
 
@@ -367,14 +369,14 @@ class Message:
         application/octet-stream; ``filename`` makes it an attachment. Raises ValueError for
         a part the message does not have or a malformed ``content_type``."""
         editing.replace(
-            self._parsed(), part, new_content, content_type=content_type, filename=filename
+            self._for_edit(), part, new_content, content_type=content_type, filename=filename
         )
         self._edited()
 
     async def remove_part(self, part: editing.PartRef | str) -> None:
         """Remove a part of a multipart. Raises ValueError for a part the message does not
         have, for the only part of a multipart and for a message's body: replace those."""
-        editing.remove(self._parsed(), part)
+        editing.remove(self._for_edit(), part)
         self._edited()
 
     def body_chunks(self) -> Iterator[bytes]:
@@ -395,6 +397,19 @@ class Message:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def mark_signed(self, signature: str) -> None:
+        """Record that ``signature`` (e.g. "DKIM-Signature") now covers the body: a later body
+        edit would break it, so it raises ValueError instead. :func:`mailwarden.lib.dkim.sign`
+        and :func:`mailwarden.lib.arc.seal` call this; header edits stay the script's care."""
+        self._signed_by = signature
+
+    def _for_edit(self) -> mime.Entity:
+        if self._signed_by is not None:
+            raise ValueError(
+                f"the body is covered by a {self._signed_by} already; edit it before signing"
+            )
+        return self._parsed()
 
     def _parsed(self) -> mime.Entity:
         if self._tree is None:
