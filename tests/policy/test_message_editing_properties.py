@@ -251,3 +251,16 @@ def test_reassembling_any_body_gives_back_its_octets(
     top.mark_dirty()
     assert b"".join(mime.chunks(top, body)) == body
     assert mime.size(top, body) == len(body)
+
+
+def test_a_part_without_a_blank_line_is_not_taken_as_megabytes_of_fields(
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setattr(mime, "MAX_PART_HEADER", 64)
+    body = b"--b\r\nContent-Type: text/plain\r\n" + b"x" * 200 + b"\r\n--b--\r\n"
+    top = mime.parse(body, Headers.parse(b'Content-Type: multipart/mixed; boundary="b"\r\n'))
+    ((_, part),) = top.children
+    assert len(part.headers) == 0 and part.body_start == part.start
+    top.mark_dirty()
+    part.mark_dirty()
+    assert b"".join(mime.chunks(top, body)) == body

@@ -26,6 +26,7 @@ from mailwarden.policy.headers import Headers
 
 MAX_DEPTH = 16  # nesting of multiparts and messages walked; deeper is kept as one leaf
 MAX_PARTS = 1000
+MAX_PART_HEADER = 1024 * 1024  # a part's header fields, as the session caps the message's
 _COPY_CHUNK = 1024 * 1024  # untouched octets are copied out of the source this much at a time
 # RFC 2046 §5.1: multipart and message/rfc822 entities take no encoding but the identities.
 _IDENTITY = frozenset({"", "7bit", "8bit", "binary"})
@@ -166,8 +167,15 @@ def _entity(source: Source, start: int, end: int, parent: Entity) -> Entity:
     if end - start >= 2 and bytes(source[start : start + 2]) == b"\r\n":  # no header fields
         header_end, body_start = start, start + 2
     else:
-        found = source.find(b"\r\n\r\n", start, end)
-        header_end, body_start = (found + 2, found + 4) if found >= 0 else (end, end)
+        found = source.find(b"\r\n\r\n", start, min(end, start + MAX_PART_HEADER))
+        if found >= 0:
+            header_end, body_start = found + 2, found + 4
+        elif end - start <= MAX_PART_HEADER:
+            header_end = body_start = end  # fields only, no body
+        else:
+            # No blank line in the first MAX_PART_HEADER octets: not header fields worth the
+            # name. Kept as a body without fields (its octets unchanged), not copied as fields.
+            header_end = body_start = start
     headers = Headers.parse(bytes(source[start:header_end]))
     entity = Entity(start, body_start, end, headers, parent=parent)
     entity.has_separator = body_start > header_end

@@ -632,7 +632,11 @@ class SmtpSession(asyncio.Protocol):
         if isinstance(action, Reject | Defer) or not message.body_edited:
             return action
         try:
-            writer.replace_body(message.body_chunks())
+            if message.body_size > self.snapshot.spool_settings.memory_threshold:
+                # Megabytes to copy to a file: off the event loop, as the spool's fsync is.
+                await asyncio.to_thread(writer.replace_body, message.body_chunks())
+            else:
+                writer.replace_body(message.body_chunks())
         except SpoolError as error:
             counters.spool_errors += 1
             log.error("%s: edited body not stored: %s", self.tx.id if self.tx else "?", error)
