@@ -260,3 +260,38 @@ async def test_a_signed_body_refuses_edits(tmp_path: Path) -> None:
         await message.append_text("too late")
     with pytest.raises(ValueError, match="before signing"):
         await message.remove_part("2")
+
+
+async def test_a_part_inside_an_enclosed_message_can_be_removed() -> None:
+    outer = EmailMessage()
+    outer["From"] = "a@example.org"
+    outer.set_content("cover note\n")
+    inner = EmailMessage()
+    inner["Subject"] = "forwarded"
+    inner.set_content("inner text\n")
+    inner.add_attachment(b"PK\x03\x04zip", maintype="application", subtype="zip", filename="a.zip")
+    outer.add_attachment(inner)
+    message = message_of(wire(outer))
+    paths = [(p.path, p.content_type) for p in await message.parts()]
+    assert paths == [
+        ("1", "text/plain"),
+        ("2", "message/rfc822"),
+        ("2.1", "text/plain"),
+        ("2.2", "application/zip"),
+    ]
+    await message.remove_part("2.2")
+    parsed = parse(await message.raw())
+    enclosed = next(p for p in parsed.walk() if p.get_content_type() == "message/rfc822")
+    inner_parsed = enclosed.get_payload()[0]
+    assert inner_parsed["Subject"] == "forwarded"
+    assert [p.get_content_type() for p in inner_parsed.walk()] == ["multipart/mixed", "text/plain"]
+
+
+async def test_a_message_without_a_body_gets_one() -> None:
+    message = Message(
+        Headers.parse(b"From: a@example.org\r\nSubject: s\r\n"), 0, memory_body(b""), has_body=False
+    )
+    assert await message.append_text("footer") == ["1"]
+    assert await message.raw() == (
+        b"From: a@example.org\r\nSubject: s\r\nMIME-Version: 1.0\r\n\r\nfooter\r\n"
+    )

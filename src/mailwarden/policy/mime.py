@@ -97,7 +97,8 @@ class Entity:
         """The fields, ready for fields to be added: fields that ran into the next delimiter
         (no blank line; the CRLF before a delimiter is the delimiter's) get their line end."""
         raw = self.headers.to_bytes()
-        if raw and not raw.endswith(b"\r\n"):
+        # The top entity's fields are the message's own object (every field ends in CRLF).
+        if not self.top and raw and not raw.endswith(b"\r\n"):
             self.headers = Headers.parse(raw + b"\r\n")
         return self.headers
 
