@@ -7,6 +7,7 @@ phase), with context objects built as the session builds them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import smtplib
@@ -528,7 +529,7 @@ async def test_disclaimer_strips_programs_and_adds_the_footer_for_submissions() 
     assert text.startswith("Here it is.\n-- \nThis message is confidential")
     assert "please tell the sender and delete it.</p></body>" in html
     assert note == "The attachment tool.EXE was removed: programs are not sent.\n"
-    assert b"MZ" not in out
+    assert base64.b64encode(b"MZ\x90\x00program") not in out  # the program is gone
 
 
 async def test_disclaimer_leaves_mail_from_outside_and_harmless_files_alone() -> None:
