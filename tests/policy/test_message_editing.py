@@ -121,13 +121,19 @@ async def test_html_footer_goes_inside_body_and_is_escaped() -> None:
     assert "<body class='x'><b>TOP</b><p>Hello Bob" in html.get_content()
 
 
-async def test_attachment_and_enclosed_message_get_no_footer() -> None:
+def forwarding() -> tuple[EmailMessage, EmailMessage]:
+    """A cover note (``outer``) and the message it forwards (``inner``), not yet attached."""
     outer = EmailMessage()
     outer["From"] = "a@example.org"
     outer.set_content("cover note\n")
     inner = EmailMessage()
     inner["Subject"] = "forwarded"
     inner.set_content("inner text\n")
+    return outer, inner
+
+
+async def test_attachment_and_enclosed_message_get_no_footer() -> None:
+    outer, inner = forwarding()
     outer.add_attachment(inner)
     outer.add_attachment("notes\n", filename="notes.txt")
     raw = wire(outer)
@@ -263,12 +269,7 @@ async def test_a_signed_body_refuses_edits(tmp_path: Path) -> None:
 
 
 async def test_a_part_inside_an_enclosed_message_can_be_removed() -> None:
-    outer = EmailMessage()
-    outer["From"] = "a@example.org"
-    outer.set_content("cover note\n")
-    inner = EmailMessage()
-    inner["Subject"] = "forwarded"
-    inner.set_content("inner text\n")
+    outer, inner = forwarding()
     inner.add_attachment(b"PK\x03\x04zip", maintype="application", subtype="zip", filename="a.zip")
     outer.add_attachment(inner)
     message = message_of(wire(outer))
