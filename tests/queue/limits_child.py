@@ -40,6 +40,16 @@ def hold(limits: NodeLimits, key: str, limit: int, count: int) -> None:
     time.sleep(3600)
 
 
+def want(limits: NodeLimits, key: str) -> None:
+    """Say this process waits for a slot of ``key``; stop saying so on "stop" from stdin."""
+    limits.want(key, True)
+    print("wanting", flush=True)
+    sys.stdin.readline()
+    limits.want(key, False)
+    print("satisfied", flush=True)
+    time.sleep(3600)
+
+
 def churn(
     limits: NodeLimits, key: str, limit: int, start_at: float, seconds: float, counter: Path
 ) -> None:
@@ -90,6 +100,10 @@ def main() -> None:
     limits = NodeLimits(Path(directory))
     if mode == "hold":
         hold(limits, args[0], int(args[1]), int(args[2]))
+    elif mode == "want":
+        want(limits, args[0])
+    elif mode == "count-wanting":
+        print(limits.waiting(args[0]), flush=True)
     elif mode == "churn":
         churn(limits, args[0], int(args[1]), float(args[2]), float(args[3]), Path(args[4]))
     elif mode == "rate":

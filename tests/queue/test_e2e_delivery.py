@@ -20,6 +20,7 @@ from tests.queue.delivery_support import (
 from tests.support.node import free_port, node_process
 from tests.support.sink import smtp_sink
 
+from mailwarden.spool.operations import scan_counts
 from mailwarden.spool.states import RecipientState
 
 SENDER = "alice@sender.example"
@@ -265,3 +266,32 @@ def test_a_release_is_delivered_at_once_not_at_the_next_poll(tmp_path: Path) -> 
             assert released.returncode == 0, released.stderr
             wait_until(lambda: len(received(peer)) == 8, timeout=20, what="8 released messages")
             wait_until(lambda: not queued(node), what="an empty sending queue")
+
+
+def test_an_idle_connection_gives_its_slot_to_the_worker_waiting_for_it(tmp_path: Path) -> None:
+    """Two workers, one connection allowed to the destination node-wide, a minute of idle
+    time: the worker that got the slot delivers its shard's mail, and when it has no more it
+    hands the slot over at once instead of keeping the connection open for the idle
+    timeout, so the other worker's shard is delivered in seconds, not after a minute."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hold.py").write_text(HOLD_EVERYTHING)
+    port = free_port()
+    with peer_node(tmp_path / "peer") as peer:
+        config = node_config(
+            port,
+            workers=2,
+            server='script = "hold.py"\n',
+            body=route_to(peer.port)
+            + "\n[delivery]\nmax_connections_per_destination = 1\nidle_timeout = 60\n",
+        )
+        (out / "mailwarden.toml").write_text(config)
+        with node_process(out, out / "mailwarden.toml", port) as node:
+            for number in range(12):  # new connections: the kernel spreads them over workers
+                send(node.port, SENDER, [f"user{number}@example.net"], f"held {number}")
+            wait_until(lambda: len(queued(node)) == 12, what="12 held messages")
+            # Both workers' shards hold mail, or the test would show nothing.
+            assert len({shard for shard, _, _ in scan_counts(node.spool)}) == 2
+            released = node.mailwarden("queue", "update", "release", "--all", "--yes")
+            assert released.returncode == 0, released.stderr
+            wait_until(lambda: len(received(peer)) == 12, timeout=20, what="12 released messages")

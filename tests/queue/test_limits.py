@@ -128,6 +128,65 @@ def test_a_killed_process_frees_its_slots(tmp_path, limits):
     assert limits.acquire_connection(key, 2) is not None
 
 
+def test_a_process_waiting_for_a_slot_gets_its_share(tmp_path, limits):
+    """While another worker waits for a key's slots, this one takes no more than half of
+    the limit, its connections beyond that give theirs back, and an idle one gives its slot
+    back at once; when nobody waits, every slot is this worker's."""
+    key = "destination:[127.0.0.1]:25"
+    slots = [limits.acquire_connection(key, 4) for _ in range(4)]
+    assert all(slots)
+    assert not limits.should_yield(slots[0], more_waiting=False)  # nobody else waits
+    waiter = child("want", tmp_path / "queue", key, stdin=subprocess.PIPE)
+    try:
+        assert waiter.stdout.readline().strip() == "wanting"
+        # Holding 4 of 4 while another waits: beyond the share (2), give back.
+        assert limits.should_yield(slots[0], more_waiting=True)
+        slots.pop().release()
+        slots.pop().release()
+        assert not limits.should_yield(slots[0], more_waiting=True)  # 2 is the share
+        assert limits.should_yield(slots[0], more_waiting=False)  # idle: give it back
+        assert limits.acquire_connection(key, 4) is None  # the free slots are the waiter's
+        waiter.stdin.write("stop\n")
+        waiter.stdin.flush()
+        assert waiter.stdout.readline().strip() == "satisfied"
+        assert not limits.should_yield(slots[0], more_waiting=False)
+        assert limits.acquire_connection(key, 4) is not None
+    finally:
+        waiter.send_signal(signal.SIGKILL)
+        waiter.wait(timeout=30)
+
+
+def test_a_dead_waiter_no_longer_holds_back_the_others(tmp_path, limits):
+    key = "destination:[127.0.0.1]:25"
+    held = limits.acquire_connection(key, 2)
+    waiter = child("want", tmp_path / "queue", key, stdin=subprocess.PIPE)
+    try:
+        assert waiter.stdout.readline().strip() == "wanting"
+        assert limits.acquire_connection(key, 2) is None  # 1 of 2 is this one's share
+    finally:
+        waiter.send_signal(signal.SIGKILL)
+        waiter.wait(timeout=30)
+    assert held is not None and not limits.should_yield(held, more_waiting=False)
+    assert limits.acquire_connection(key, 2) is not None
+    assert limits.connections(key) == 2  # the waiter's mark is not counted as a connection
+
+
+def test_want_is_counted_per_caller(limits, tmp_path):
+    """Two destinations of one worker waiting for the same key: the worker waits until both
+    stop."""
+    key = "shaping:tenant=a"
+    limits.want(key, True)
+    limits.want(key, True)
+    limits.want(key, False)
+    assert run_child_wanting(tmp_path, key) == "1"  # still waiting: one caller left
+    limits.want(key, False)
+    assert run_child_wanting(tmp_path, key) == "0"
+
+
+def run_child_wanting(tmp_path: Path, key: str) -> str:
+    return run_child("count-wanting", tmp_path / "queue", key)
+
+
 def test_slots_above_a_lowered_limit_count(tmp_path, limits):
     # Backoff lowers a limit while connections are open: those holding high slots still
     # count, so new connections wait until the total is below the new limit.

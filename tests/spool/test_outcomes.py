@@ -157,3 +157,34 @@ def test_next_due_is_the_earliest_waiting_attempt(tmp_path: Path) -> None:
 
     empty, leased, deferred = _run(tmp_path, scenario)
     assert empty is None and leased is None and deferred == NOW + 300
+
+
+def test_a_leased_message_waits_for_its_lease_and_a_given_back_one_is_due_at_once(
+    tmp_path: Path,
+) -> None:
+    """Leased, a message's due recipients show their next attempt as the lease's end (when
+    another delivery could take it over), the renewal moves it on; an outcome that leaves a
+    recipient alone (an attempt given back at shutdown) makes it due at once, not when the
+    lease would have ended; a deferred one keeps the time the outcome gave it."""
+
+    async def scenario(store: SpoolStore):
+        await store.commit(record("m1", "a@x.test", "b@y.test"))
+        await store.lease_messages("w", now=NOW, duration=600, limit=10)
+        leased = find_message(tmp_path, "m1")
+        await store.renew_leases("w", now=NOW + 100, duration=600)
+        renewed = find_message(tmp_path, "m1")
+        given_back = AttemptOutcome(
+            "m1", (RecipientOutcome(1, DEFERRED, "busy", next_attempt=NOW + 300),)
+        )
+        await store.record_outcomes("w", [given_back])
+        due = await store.lease_messages("w", now=NOW + 1, duration=60, limit=10)
+        return leased, renewed, due
+
+    leased, renewed, due = _run(tmp_path, scenario)
+    assert [r.next_attempt for r in leased.recipients] == [NOW + 600, NOW + 600]
+    assert [r.next_attempt for r in renewed.recipients] == [NOW + 700, NOW + 700]
+    (message,) = due
+    assert [(r.state, r.next_attempt) for r in message.record.recipients] == [
+        (RecipientState.ACTIVE, RECEIVED),
+        (DEFERRED, NOW + 300),
+    ]

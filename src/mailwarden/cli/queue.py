@@ -699,7 +699,11 @@ def queue_update(
                 force=force,
                 reason=reason,
                 reporting_mta=settings.node.hostname,
-                progress=advance,
+                progress=(
+                    _waking(advance, settings, len(selection.shards))
+                    if action in _MAKES_DUE
+                    else advance
+                ),
             )
     except SpoolError as error:
         raise fail(str(error)) from None
@@ -733,6 +737,30 @@ def queue_update(
 
 # The actions after which the node has mail due now (bounce: the DSN it queued).
 _MAKES_DUE = frozenset({Action.RELEASE, Action.RETRY_NOW, Action.BOUNCE})
+
+
+def _waking(advance: Callable[[int], None], settings: Config, shards: int) -> Callable[[int], None]:
+    """``advance``, which also wakes the node once the first batch of every shard is
+    committed (the shards take turns), then every WAKE_EVERY seconds: the workers deliver
+    those while the next batches are written. The wake after the last batch finds the rest."""
+    from mailwarden.control import wake_queue
+
+    batches = 0
+    next_wake = 0.0
+
+    def progress(done: int) -> None:
+        nonlocal batches, next_wake
+        advance(done)
+        batches += 1
+        now = time.monotonic()
+        if batches >= shards and now >= next_wake:
+            wake_queue(settings)
+            next_wake = now + WAKE_EVERY
+
+    return progress
+
+
+WAKE_EVERY = 0.25  # seconds between wakes while a large update is written
 
 
 def _confirm(action: Action, recipients: int, messages: int) -> None:

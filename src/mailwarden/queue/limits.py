@@ -15,6 +15,13 @@ Everything lives under one directory (``<data_dir>/queue``):
   byte at or above *N* (the limit was lowered by backoff while connections were open) the
   held bytes are counted exactly first (``F_GETLK``), so connections opened afterwards never
   bring the total above the new limit; those already open stay until they close.
+  A process that has attempts waiting and finds a key's slots taken says so: it locks byte
+  ``DEMAND_BASE + pid`` of the same file while it waits. The slots are then shared fairly:
+  while other processes want a key, a process takes no more than its share of the limit
+  (``ceil(limit / (wanting processes + 1))``) and its connections give theirs back rather than
+  wait idle for more mail (:meth:`NodeLimits.should_yield`). Without this the first worker to
+  lease a large queue held every slot, the others waited for its idle timeout, and the node
+  drained on one core.
 - ``limits.sqlite``: rates and backoff state, SQLite in WAL mode with ``synchronous=OFF``:
   nothing there needs to survive a power cut (a lost rate counter allows one interval's worth
   of messages early; lost backoff state means full limits again). A database found damaged
@@ -73,6 +80,7 @@ from mailwarden.queue.shaping import (
 # struct flock on Linux (x86-64, arm64): short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid, padded to 32 bytes.
 _FLOCK = "hhqqi4x"
+DEMAND_BASE = 1 << 40  # byte DEMAND_BASE + pid: that process waits for a slot of the key
 _BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's (microseconds long) write
 _LIMITS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
@@ -98,12 +106,13 @@ RETURNING tat
 class ConnectionSlot:
     """One held connection slot; ``release`` gives it back (idempotent). A context manager."""
 
-    __slots__ = ("_limits", "index", "key", "released")
+    __slots__ = ("_limits", "index", "key", "limit", "released")
 
-    def __init__(self, limits: NodeLimits, key: str, index: int) -> None:
+    def __init__(self, limits: NodeLimits, key: str, index: int, limit: int) -> None:
         self._limits = limits
         self.key = key
         self.index = index
+        self.limit = limit  # the key's limit when the slot was taken
         self.released = False
 
     def release(self) -> None:
@@ -138,6 +147,7 @@ class NodeLimits:
         (self.directory / "slots").mkdir(parents=True, exist_ok=True)
         self._files: dict[str, int] = {}  # key -> descriptor of its lock file, kept open
         self._held: dict[str, set[int]] = {}  # key -> slot indexes this process holds
+        self._wanting: dict[str, int] = {}  # key -> destinations of this process waiting
         # Setting up the databases (WAL mode, tables) takes locks that SQLite does not wait
         # for; workers starting together take turns here instead.
         with (self.directory / "init.lock").open("a") as init:
@@ -164,7 +174,7 @@ class NodeLimits:
                     os.close(descriptor)
                 self._db.close()
                 self._suspend_db.close()
-            self._files, self._held = {}, {}
+            self._files, self._held, self._wanting = {}, {}, {}
 
     # -- connection slots ----------------------------------------------------------------
 
@@ -186,6 +196,9 @@ class NodeLimits:
             self._here()
             descriptor = self._descriptor(key)
             held = self._held.setdefault(key, set())
+            wanting = _other_locks(descriptor, DEMAND_BASE, None, end=None)
+            if wanting and len(held) >= _share(limit, wanting):
+                return None  # the others that wait get theirs first
             own_high = sum(1 for index in held if index >= limit)
             if (own_high or _other_locks(descriptor, limit, 1)) and (
                 self._count(descriptor, held) >= limit
@@ -201,7 +214,7 @@ class NodeLimits:
                         continue
                     raise
                 held.add(index)
-                return ConnectionSlot(self, key, index)
+                return ConnectionSlot(self, key, index, limit)
             return None
 
     def acquire_all(
@@ -219,6 +232,50 @@ class NodeLimits:
             slots.append(slot)
         return slots
 
+    def want(self, key: str, wanting: bool) -> None:
+        """Say (or stop saying) that attempts of this process wait for a slot of ``key``
+        (module docstring: fair sharing). Counted: each caller (a destination) says True
+        once and False once; the process stops wanting when the last one does."""
+        with self._lock:
+            self._here()
+            count = self._wanting.get(key, 0)
+            after = max(0, count + (1 if wanting else -1))
+            if (count > 0) != (after > 0):
+                command = fcntl.LOCK_EX | fcntl.LOCK_NB if after else fcntl.LOCK_UN
+                fcntl.lockf(self._descriptor(key), command, 1, DEMAND_BASE + self._pid)
+            if after:
+                self._wanting[key] = after
+            else:
+                self._wanting.pop(key, None)
+
+    def waiting(self, key: str) -> int:
+        """How many other processes of the node wait for a slot of ``key``."""
+        with self._lock:
+            self._here()
+            return _other_locks(self._descriptor(key), DEMAND_BASE, None, end=None)
+
+    def should_yield(self, slot: ConnectionSlot, *, more_waiting: bool) -> bool:
+        """Whether the connection holding ``slot`` should close now, after its message, for
+        another process that waits for a slot of the key: always when this process has no
+        more attempts for it (``more_waiting`` False), else when this process holds more
+        than its share of the limit the slot was taken under. One ``F_GETLK`` when nobody
+        waits."""
+        with self._lock:
+            if os.getpid() != self._pid or slot.released:
+                return False
+            descriptor = self._files.get(slot.key)
+            if descriptor is None:
+                return False
+            wanting = _other_locks(descriptor, DEMAND_BASE, None, end=None)
+            if not wanting:
+                return False
+            return not more_waiting or len(self._held.get(slot.key, ())) > _share(
+                slot.limit, wanting
+            )
+
+    def _others(self, descriptor: int) -> int:
+        return _other_locks(descriptor, 0, None, end=DEMAND_BASE)
+
     def connections(self, key: str) -> int:
         """How many slots of ``key`` are in use node-wide (for ``queue`` statistics)."""
         with self._lock:
@@ -227,7 +284,7 @@ class NodeLimits:
             return self._count(descriptor, self._held.setdefault(key, set()))
 
     def _count(self, descriptor: int, held: set[int]) -> int:
-        return len(held) + _other_locks(descriptor, 0, None)
+        return len(held) + self._others(descriptor)
 
     def _release(self, slot: ConnectionSlot) -> None:
         with self._lock:
@@ -392,13 +449,22 @@ class _BackoffView(Mapping[str, BackoffState]):
         return sum(1 for _ in self)
 
 
-def _other_locks(descriptor: int, start: int, most: int | None) -> int:
-    """How many bytes from ``start`` on other processes hold locks on (up to ``most``).
+def _share(limit: int, wanting: int) -> int:
+    """A process's fair share of ``limit`` slots when ``wanting`` other processes wait."""
+    return max(1, -(-limit // (wanting + 1)))
+
+
+def _other_locks(
+    descriptor: int, start: int, most: int | None, *, end: int | None = DEMAND_BASE
+) -> int:
+    """How many bytes in ``[start, end)`` (``end`` None: no end) other processes hold locks
+    on (up to ``most``).
 
     F_GETLK reports one conflicting lock per call (not necessarily the lowest), so the range
     is split around each lock found; one call when there is none."""
     found = 0
-    pending = [(start, 0)]  # (start, length); length 0: to the end of any file
+    # (start, length); length 0: to the end of any file
+    pending = [(start, 0 if end is None else end - start)]
     while pending and (most is None or found < most):
         first, length = pending.pop()
         query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, first, length, 0)

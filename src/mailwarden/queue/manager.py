@@ -435,17 +435,32 @@ class QueueManager:
     def _suspended(self, key: DestinationKey, job: Job) -> str | None:
         return self._limits(key, job, None).suspended
 
-    def acquire_slots(self, key: DestinationKey, job: Job) -> list[Any] | None:
-        """Node-wide connection slots for a new connection to ``key``, or None at a limit."""
+    def acquire_slots(self, key: DestinationKey, job: Job, wanting: set[str]) -> list[Any] | None:
+        """Node-wide connection slots for a new connection to ``key``, or None at a limit;
+        then the key it met is added to ``wanting``, and the node told that this worker
+        waits for it (fair sharing, :mod:`mailwarden.queue.limits`)."""
         taken: list[Any] = []
         for slot_key, limit in self._limits(key, job, None).connection_keys:
             slot = self.limits.acquire_connection(slot_key, limit)
             if slot is None:
                 for held in taken:
                     held.release()
+                if slot_key not in wanting:
+                    wanting.add(slot_key)
+                    self.limits.want(slot_key, True)
                 return None
             taken.append(slot)
         return taken
+
+    def stop_wanting(self, wanting: set[str]) -> None:
+        for slot_key in wanting:
+            self.limits.want(slot_key, False)
+        wanting.clear()
+
+    def should_yield(self, slots: list[Any], *, more_waiting: bool) -> bool:
+        """Whether a connection holding ``slots`` should close for another worker that waits
+        for one of them (:meth:`NodeLimits.should_yield`)."""
+        return any(self.limits.should_yield(s, more_waiting=more_waiting) for s in slots)
 
     def messages_per_connection(
         self, key: DestinationKey, job: Job, connection: OutboundConnection

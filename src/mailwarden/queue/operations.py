@@ -25,13 +25,15 @@ still be delivered once. The lease is left alone, because clearing it would let 
 worker pick the message up while the first is still sending it (a duplicate).
 
 :func:`run` applies an action to a spool from outside the node: a read-only pass finds the
-matching messages, then each shard is changed in batches, one IMMEDIATE transaction per batch
+matching messages, then the shards are changed in batches, taking turns, one IMMEDIATE
+transaction per batch
 (:class:`mailwarden.spool.operations.ShardWriter`), re-reading the batch under the write lock
 and planning again on what it finds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
@@ -42,7 +44,13 @@ from pathlib import Path
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.queue.filters import FilterContext, QueueFilter, lease_live
 from mailwarden.smtp import replies
-from mailwarden.spool.operations import MessageChange, RecipientUpdate, ShardWriter, scan
+from mailwarden.spool.operations import (
+    MessageChange,
+    RecipientUpdate,
+    ShardWriter,
+    scan,
+    scan_counts,
+)
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
 from mailwarden.spool.states import DELIVERABLE, FINAL, RecipientState
 
@@ -155,6 +163,12 @@ class Selection:
 def select(spool_dir: Path, query: QueueFilter, ctx: FilterContext) -> Selection:
     shards: dict[Path, list[str]] = {}
     messages = recipients = 0
+    if query.empty:  # --all: every recipient matches, counted without reading the records
+        for path, message_id, count in scan_counts(spool_dir):
+            shards.setdefault(path, []).append(message_id)
+            messages += 1
+            recipients += count
+        return Selection(shards, messages, recipients)
     for path, message in scan(spool_dir):
         positions = query.positions(message, ctx)
         if positions:
@@ -203,9 +217,10 @@ def run(
     progress: Callable[[int], None] = lambda done: None,
 ) -> Outcome:
     """Apply ``action`` to the messages of ``selection``, each shard in batches of
-    ``batch_size`` messages, one IMMEDIATE transaction each; ``progress`` hears how many
-    messages each batch handled. Raises SpoolError if a shard cannot be written: the batches
-    committed before stay done, which the operator sees by listing again."""
+    ``batch_size`` messages (the shards in turn), one IMMEDIATE transaction each;
+    ``progress`` hears how many messages each batch handled. Raises SpoolError if a shard
+    cannot be written: the batches committed before stay done, which the operator sees by
+    listing again."""
     outcome = Outcome(action.value)
     ids = _DsnIds()
     # A DSN returns a message larger than the limit as its headers only: reading one octet
@@ -215,10 +230,18 @@ def run(
         from mailwarden.queue.bounces import RETURN_SIZE_LIMIT
 
         max_body = RETURN_SIZE_LIMIT + 1
-    for path, message_ids in selection.shards.items():
-        with ShardWriter(path, spool_dir) as shard:
-            for start in range(0, len(message_ids), batch_size):
+    with contextlib.ExitStack() as stack:
+        # The shards take turns, one batch each: every worker of the node gets mail to
+        # deliver from the first batches on, rather than one shard's worker after another.
+        work = [
+            (stack.enter_context(ShardWriter(path, spool_dir)), message_ids)
+            for path, message_ids in selection.shards.items()
+        ]
+        for start in range(0, max((len(listed) for _, listed in work), default=0), batch_size):
+            for shard, message_ids in work:
                 batch = message_ids[start : start + batch_size]
+                if not batch:
+                    continue
                 with shard.transaction():
                     _apply_batch(
                         shard,

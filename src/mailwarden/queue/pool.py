@@ -36,7 +36,8 @@ log = logging.getLogger("mailwarden.queue")
 TARGETS_TTL = 60.0  # seconds a resolved target list is reused for new connections
 DEAD_FOR = 60.0  # seconds a destination nobody could connect to is not tried again (Postfix:
 # "delivery temporarily suspended"), so a dead MX is tried once per round, not per message
-SLOT_RETRY = 0.25  # seconds before asking again for a slot another worker holds
+SLOT_RETRY = 0.1  # seconds before asking again for a slot another worker holds
+YIELD_CHECK = 0.25  # seconds between an idle connection's looks for a worker wanting its slot
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class Destination:
         self._targets: list[Target] | None = None
         self._targets_until = 0.0
         self._grow_handle: asyncio.TimerHandle | None = None
+        self._wanting: set[str] = set()  # slot keys this destination waits for
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_used = time.monotonic()
         self.dead_until = 0.0
@@ -89,9 +91,11 @@ class Destination:
         manager = self.manager
         while len(self.jobs) > self.connections and not manager.stopping:
             job = self.jobs[0]
-            slots = manager.acquire_slots(self.key, job)
+            slots = manager.acquire_slots(self.key, job, self._wanting)
             if slots is None:
-                if self._grow_handle is None and self.connections == 0:
+                # Asked again while attempts wait, whatever this destination already has:
+                # slots free up in other workers too, and those know that this one waits.
+                if self._grow_handle is None:
                     loop = asyncio.get_running_loop()
                     self._grow_handle = loop.call_later(SLOT_RETRY, self._grow_later)
                 return
@@ -99,6 +103,8 @@ class Destination:
             task = asyncio.get_running_loop().create_task(self._connection(slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if self._wanting:
+            manager.stop_wanting(self._wanting)
 
     def _grow_later(self) -> None:
         self._grow_handle = None
@@ -115,6 +121,21 @@ class Destination:
         handle = loop.call_later(timeout, _expire, waiter)
         waiter.add_done_callback(lambda _: handle.cancel())
         return waiter
+
+    async def _wait_for_job(self, timeout: float, slots: list[Any]) -> Job | None:
+        """The next attempt for an idle connection; None after ``timeout`` seconds, or sooner
+        when another worker waits for one of its slots (an idle connection holding a slot
+        another worker's queue needs would stall that queue for the idle timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            job = await self._next_job(min(left, YIELD_CHECK))
+            if job is not None or self.manager.stopping:
+                return job
+            if self.manager.should_yield(slots, more_waiting=False):
+                return None
 
     # --- one connection ----------------------------------------------------------------
 
@@ -147,7 +168,9 @@ class Destination:
                     break
                 if manager.stopping:
                     break
-                job = await self._next_job(manager.settings.idle_timeout)
+                if manager.should_yield(slots, more_waiting=bool(self.jobs)):
+                    break  # another worker waits for this slot: the next connection is its
+                job = await self._wait_for_job(manager.settings.idle_timeout, slots)
         except Exception:
             log.exception("destination %s: connection failed unexpectedly", self.key.name)
         finally:
@@ -222,8 +245,13 @@ class Destination:
 
     def drain_waiting(self, fail: Callable[[Job], None]) -> None:
         """Hand back every waiting attempt (shutdown) and wake the idle connections."""
+        if self._grow_handle is not None:
+            self._grow_handle.cancel()
+            self._grow_handle = None
         while self.jobs:
             fail(self.jobs.popleft())
+        if self._wanting:
+            self.manager.stop_wanting(self._wanting)
         while self._idle:
             waiter = self._idle.popleft()
             if not waiter.done():

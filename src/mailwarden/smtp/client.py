@@ -64,7 +64,6 @@ Timeouts are the caller's: ``current_timeout()`` says which of the RFC 5321 §4.
 from __future__ import annotations
 
 import base64
-import functools
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -387,30 +386,29 @@ Event = (
 # ---------------------------------------------------------------- data framing (RFC 5321 §4.5.2)
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+# These run on every message sent, so the usual case (a spooled message: CRLF only, short
+# lines) is found with counts and splits done in C, and only other messages are rewritten.
 
 
 def normalize_line_ends(message: bytes) -> bytes:
     """Every line end as CRLF (a bare CR or LF is not a line end SMTP can carry, RFC 5321
     §2.3.8), and a final CRLF."""
-    if b"\r" in message or b"\n" in message:
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
         message = _LINE_END.sub(b"\r\n", message)
     if message and not message.endswith(b"\r\n"):
         message += b"\r\n"
     return message
 
 
-@functools.lru_cache(maxsize=8)
-def _long_line(limit: int) -> re.Pattern[bytes]:
-    # Anchored at line starts (MULTILINE), so a search costs one pass over the message.
-    return re.compile(rb"^[^\r\n]{%d}" % (limit + 1), re.MULTILINE)
-
-
 def fold_long_lines(message: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
     """Break the lines of a CRLF-normalised message longer than ``limit`` octets as Postfix's
     ``smtp_line_length_limit`` does (see the module docstring): ``limit`` octets, CRLF, then
     SPACE and up to ``limit - 1`` more, and so on. ``limit`` 0 leaves the message alone."""
-    if limit <= 0 or len(message) <= limit or not _long_line(limit).search(message):
+    if limit <= 0 or len(message) <= limit:
+        return message
+    if max(map(len, message.split(b"\r\n"))) <= limit:
         return message
     step = limit - 1  # a continuation piece is SPACE plus this many octets
     out: list[bytes] = []
@@ -426,7 +424,11 @@ def fold_long_lines(message: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
 def dot_stuff(message: bytes) -> bytes:
     """The DATA payload: CRLF line ends, a '.' doubled at every line start (§4.5.2), and the
     terminating "." line."""
-    return _LEADING_DOT.sub(b"..", normalize_line_ends(message)) + b".\r\n"
+    message = normalize_line_ends(message)
+    if message.startswith(b"."):
+        message = b"." + message
+    # Every line but the first starts after a CRLF once the line ends are normalised.
+    return message.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 # ---------------------------------------------------------------- the machine

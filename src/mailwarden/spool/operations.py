@@ -82,6 +82,25 @@ def scan(spool_dir: Path, page_size: int = 500) -> Iterator[tuple[Path, SpoolRec
             db.close()
 
 
+def scan_counts(spool_dir: Path) -> Iterator[tuple[Path, str, int]]:
+    """Every queued message's id and number of recipients, with its shard, read-only: what
+    an operator action on the whole queue needs to know before it starts, without decoding
+    a single record."""
+    for path in shard_paths(spool_dir):
+        db, version = _connect(path)
+        try:
+            if version == 0:
+                continue
+            rows = db.execute(
+                "SELECT message_id, count(*) FROM recipients GROUP BY message_id"
+                " ORDER BY message_id"
+            )
+            for message_id, recipients in rows:
+                yield path, message_id, recipients
+        finally:
+            db.close()
+
+
 class ShardWriter:
     """One shard opened for operator changes. Use as a context manager."""
 

@@ -67,21 +67,59 @@ class LeasedMessage:
 
 # Due: a deliverable recipient whose next attempt has come (index recipients_due), of a
 # message no live lease holds. One UPDATE under the write lock: leasing is atomic. Shared by
-# SpoolStore.lease_due (ids only) and lease_and_load (ids, then the rows).
+# SpoolStore.lease_due (ids only) and lease_and_load (ids, then the rows). The scan follows
+# the index (earliest due first) and stops at ``limit``; no ORDER BY, which would read every
+# due recipient of the shard for each lease.
 DUE_IDS = """
 UPDATE messages SET leased_by = :owner, lease_until = :until
 WHERE id IN (
-    SELECT m.id FROM messages AS m
-    WHERE (m.lease_until IS NULL OR m.lease_until <= :now)
-      AND m.id IN (
-          SELECT message_id FROM recipients
-          WHERE state IN (:s0, :s1) AND next_attempt <= :now
-      )
-    ORDER BY m.id
+    SELECT DISTINCT r.message_id FROM recipients AS r JOIN messages AS m ON m.id = r.message_id
+    WHERE r.state IN (:s0, :s1) AND r.next_attempt <= :now
+      AND (m.lease_until IS NULL OR m.lease_until <= :now)
     LIMIT :limit
 )
 RETURNING id
 """
+# A leased message's due recipients are next due when its lease ends: that is when another
+# delivery may take it over. Moving their next attempt there keeps them out of the index
+# range the next lease scans (with thousands of messages in flight, that scan otherwise
+# steps over every one of them each time). The lease check above still decides; this only
+# spares the work. Whoever ends or extends a lease moves those recipients on (move_bumped).
+_DELIVERABLE = tuple(sorted(state.value for state in DELIVERABLE))
+
+
+def lease(db: sqlite3.Connection, parameters: dict[str, object]) -> list[str]:
+    """Lease with DUE_IDS and ``parameters`` (owner, until, now, limit, s0, s1), and move the
+    leased messages' due recipients to the lease's end; the leased ids, sorted."""
+    ids = sorted(row[0] for row in db.execute(DUE_IDS, parameters).fetchall())
+    if ids:
+        db.execute(
+            "UPDATE recipients SET next_attempt = ?"
+            f" WHERE message_id IN ({','.join('?' * len(ids))})"
+            " AND state IN (?, ?) AND next_attempt <= ?",
+            [parameters["until"], *ids, *_DELIVERABLE, parameters["now"]],
+        )
+    return ids
+
+
+def move_bumped(
+    db: sqlite3.Connection, messages: str, arguments: Sequence, *, to: float | None = None
+) -> None:
+    """The due recipients of the leased messages whose ids ``messages`` (SQL, with
+    ``arguments``) selects, waiting for their lease's end: due at ``to`` (the lease is
+    extended to ``to``), or at once when ``to`` is None (the lease ends early): their next
+    attempt goes back to the message's arrival, a time that is past on any clock and that
+    no due recipient can be earlier than. Before the lease itself changes. (A recipient that
+    was not due when leased and whose next attempt is the lease's end to the microsecond
+    moves too: due early, never late.)"""
+    target = "(SELECT received_at FROM messages WHERE id = recipients.message_id)"
+    db.execute(
+        f"UPDATE recipients SET next_attempt = {target if to is None else '?'}"
+        f" WHERE message_id IN ({messages}) AND state IN (?, ?) AND next_attempt = ("
+        " SELECT lease_until FROM messages WHERE id = recipients.message_id)",
+        [*(() if to is None else (to,)), *arguments, *_DELIVERABLE],
+    )
+
 
 _ENVELOPE = (
     "id, server_id, received_at, sender, sender_params, client_ip, client_port, helo, tls,"
@@ -103,8 +141,14 @@ def lease_and_load(
     limit: int,
 ) -> list[LeasedMessage]:
     """Lease up to ``limit`` due messages to ``owner`` and read them, oldest first."""
-    states = {f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))}
-    parameters = {"owner": owner, "until": until, "now": now, "limit": limit, **states}
+    parameters = {
+        "owner": owner,
+        "until": until,
+        "now": now,
+        "limit": limit,
+        "s0": _DELIVERABLE[0],
+        "s1": _DELIVERABLE[1],
+    }
     ids = sorted(row[0] for row in db.execute(DUE_IDS, parameters).fetchall())
     if not ids:
         return []
@@ -120,6 +164,12 @@ def lease_and_load(
     for row in db.execute(f"SELECT {_ENVELOPE} FROM messages WHERE id IN ({marks})", ids):
         leased.append(_leased(row, recipients.get(row[0], []), spool_dir, owner, until))
     leased.sort(key=lambda message: message.record.id)
+    # After the rows are read, which carry the real next attempts: the lease's end.
+    db.execute(
+        f"UPDATE recipients SET next_attempt = ? WHERE message_id IN ({marks})"
+        " AND state IN (?, ?) AND next_attempt <= ?",
+        [until, *ids, *_DELIVERABLE, now],
+    )
     return leased
 
 
@@ -181,6 +231,13 @@ def apply_outcomes(
     """Record ``outcomes`` (in the caller's transaction): recipient states, queued DSNs, the
     removal of messages whose recipients are all final, the end of ``owner``'s leases.
     Returns the removed messages as (id, spill file as the row named it)."""
+    ids = [outcome.message_id for outcome in outcomes]
+    marks = ",".join("?" * len(ids))
+    # First, while only the lease's own move put a next attempt at its end: recipients the
+    # outcomes leave alone (given back at shutdown) are due again now, not at the end of the
+    # lease that is ending. The outcomes' next attempts are written after.
+    held = f"SELECT id FROM messages WHERE id IN ({marks}) AND leased_by = ?"
+    move_bumped(db, held, [*ids, owner])
     db.executemany(
         _SET_STATE,
         [
@@ -202,8 +259,6 @@ def apply_outcomes(
     if new_records:
         db.executemany(INSERT_MESSAGE, [message_row(r, spool_dir) for r in new_records])
         db.executemany(INSERT_RECIPIENT, [row for r in new_records for row in recipient_rows(r)])
-    ids = [outcome.message_id for outcome in outcomes]
-    marks = ",".join("?" * len(ids))
     finals = sorted(state.value for state in FINAL)
     done = db.execute(
         f"SELECT id, body_file FROM messages WHERE id IN ({marks}) AND NOT EXISTS ("

@@ -227,25 +227,36 @@ class SpoolStore:
             "limit": limit,
             **{f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))},
         }
-        rows = await self._run(lambda db: db.execute(outcomes.DUE_IDS, parameters).fetchall())
-        return sorted(row[0] for row in rows)
+        return await self._run(lambda db: outcomes.lease(db, parameters))
 
     async def renew_lease(
         self, message_id: str, owner: str, *, now: float, duration: float
     ) -> bool:
         """Extend ``owner``'s lease on a message; False if ``owner`` no longer holds it."""
         sql = "UPDATE messages SET lease_until = ? WHERE id = ? AND leased_by = ?"
-        cursor = await self._run(lambda db: db.execute(sql, (now + duration, message_id, owner)))
-        return cursor.rowcount == 1
+        until = now + duration
 
-    async def release_lease(self, message_id: str, owner: str) -> bool:
-        """End ``owner``'s lease on a message; False if ``owner`` did not hold it."""
+        def renew(db: sqlite3.Connection) -> bool:
+            held = "SELECT id FROM messages WHERE id = ? AND leased_by = ?"
+            outcomes.move_bumped(db, held, [message_id, owner], to=until)
+            return db.execute(sql, (until, message_id, owner)).rowcount == 1
+
+        return await self._run(renew)
+
+    async def release_lease(self, message_id: str, owner: str, *, now: float | None = None) -> bool:
+        """End ``owner``'s lease on a message, its recipients due at ``now`` (default: the
+        time); False if ``owner`` did not hold it."""
         sql = (
             "UPDATE messages SET leased_by = NULL, lease_until = NULL"
             " WHERE id = ? AND leased_by = ?"
         )
-        cursor = await self._run(lambda db: db.execute(sql, (message_id, owner)))
-        return cursor.rowcount == 1
+
+        def release(db: sqlite3.Connection) -> bool:
+            held = "SELECT id FROM messages WHERE id = ? AND leased_by = ?"
+            outcomes.move_bumped(db, held, [message_id, owner])
+            return db.execute(sql, (message_id, owner)).rowcount == 1
+
+        return await self._run(release)
 
     async def set_recipient_state(
         self,
@@ -311,16 +322,27 @@ class SpoolStore:
     async def renew_leases(self, owner: str, *, now: float, duration: float) -> int:
         """Extend every lease ``owner`` holds; returns how many."""
         sql = "UPDATE messages SET lease_until = ? WHERE leased_by = ?"
-        cursor = await self._run(lambda db: db.execute(sql, (now + duration, owner)))
-        return cursor.rowcount
+        until = now + duration
+
+        def renew(db: sqlite3.Connection) -> int:
+            held = "SELECT id FROM messages WHERE leased_by = ?"
+            outcomes.move_bumped(db, held, [owner], to=until)
+            return db.execute(sql, (until, owner)).rowcount
+
+        return await self._run(renew)
 
     async def clear_leases(self) -> int:
         """End every lease on this shard. Only its worker delivers from a shard, so at that
         worker's start a lease left behind is a crashed predecessor's: its messages are due
         again at once, not when the lease would have run out."""
         sql = "UPDATE messages SET leased_by = NULL, lease_until = NULL WHERE leased_by IS NOT NULL"
-        cursor = await self._run(lambda db: db.execute(sql))
-        return cursor.rowcount
+
+        def clear(db: sqlite3.Connection) -> int:
+            held = "SELECT id FROM messages WHERE leased_by IS NOT NULL"
+            outcomes.move_bumped(db, held, [])
+            return db.execute(sql).rowcount
+
+        return await self._run(clear)
 
     async def next_due(self, now: float) -> float | None:
         """When the next unleased recipient falls due (None: nothing waits)."""
