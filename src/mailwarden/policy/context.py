@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from mailwarden.auth.certificates import PeerCertificate
 from mailwarden.auth.sasl import Credentials
 from mailwarden.policy.headers import Headers
 from mailwarden.spool.states import RecipientState  # one vocabulary with the spool
@@ -24,6 +25,7 @@ __all__ = [
     "Helo",
     "HookResult",
     "Message",
+    "PeerCertificate",
     "Recipient",
     "RecipientState",
     "Sender",
@@ -36,12 +38,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
-    """The TLS session of a connection (after STARTTLS)."""
+    """The TLS session of a connection (after STARTTLS, or from the start on an implicit-TLS
+    listener): protocol (``"TLSv1.3"``), cipher, key bits, the name the client asked for by
+    SNI (None when it sent none) and the client's certificate (None when it sent none; see
+    :class:`PeerCertificate`, re-exported here from :mod:`mailwarden.auth.certificates`).
+
+    ``peer_certificate_subject`` is the subject of ``peer_certificate``, kept for scripts
+    written before ``peer_certificate`` existed."""
 
     protocol: str
     cipher: str
     bits: int
     peer_certificate_subject: str | None = None
+    sni: str | None = None
+    peer_certificate: PeerCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,6 +287,13 @@ class SmtpConnection:
         self._inbuf.clear()
         self._move(Move.TLS_ESTABLISHED)
 
+    def tls_before_greeting(self) -> None:
+        """The listener is implicit TLS (RFC 8314 §3.3): the handshake came before the greeting,
+        so the whole session is under TLS and STARTTLS is refused as already active."""
+        if self._state is not State.BEFORE_GREETING:
+            raise LocalProtocolError("tls_before_greeting() after the greeting", self._state)
+        self.tls_active = True
+
     # --- input ---------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
