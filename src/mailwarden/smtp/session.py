@@ -68,6 +68,9 @@ ANSWERED = object()  # _decide: the client already has its reply
 # Stop reading from a client whose unprocessed input exceeds this (a slow hook or a flood):
 # memory per connection stays bounded (flow control, as uvicorn's FlowControl does).
 _HIGH_WATER = 256 * 1024
+# Bytes kept for the TLS layer before its handshake starts (implicit TLS): a ClientHello is at
+# most one handshake message of 2^24 octets in theory, a few kilobytes in practice.
+_BEFORE_TLS_LIMIT = 64 * 1024
 
 
 class SmtpSession(asyncio.Protocol):
@@ -100,6 +103,8 @@ class SmtpSession(asyncio.Protocol):
         self._auth: AuthIdentity | None = None
         self._tls = False
         self._peer_certificate: PeerCertificate | None = None
+        # Implicit TLS: what the client sent before start_tls took the transport over.
+        self._before_tls: bytearray | None = None
         self._hook_deadline = 0.0
         self._hook_expired = False
 
@@ -129,9 +134,10 @@ class SmtpSession(asyncio.Protocol):
             return
         counters.connections += 1
         if self._implicit_tls:
-            # RFC 8314 §3.3: the TLS handshake comes first. Read nothing until start_tls takes
-            # the transport over (it resumes reading), or the ClientHello would reach the core.
-            transport.pause_reading()  # type: ignore[attr-defined]
+            # RFC 8314 §3.3: the TLS handshake comes first. Until start_tls takes the transport
+            # over, bytes that arrive (the ClientHello, often) are kept for it, not parsed:
+            # pausing cannot prevent them (uvloop starts reading after connection_made).
+            self._before_tls = bytearray()
         self._last_activity = self.server.loop.time()
         self._trusted = snapshot.is_trusted(peer[0])
         self.conn = Connection(
@@ -146,6 +152,12 @@ class SmtpSession(asyncio.Protocol):
         self._task = self.server.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        if self._before_tls is not None:
+            if len(self._before_tls) + len(data) > _BEFORE_TLS_LIMIT:
+                self.transport.abort()  # type: ignore[union-attr]  # no ClientHello is this big
+                return
+            self._before_tls += data
+            return
         self.core.receive_data(data)
         self._last_activity = self.server.loop.time()
         if self.core.buffered_bytes > _HIGH_WATER:
@@ -427,6 +439,11 @@ class SmtpSession(asyncio.Protocol):
         assert self.transport is not None and self.conn is not None
         tls = self.snapshot.tls
         assert tls is not None  # STARTTLS is offered and tls_implicit allowed only with one
+        if self._before_tls is not None:
+            # Runs after start_tls has handed the socket to the TLS layer and before that
+            # layer starts its handshake (both are queued behind it): the early bytes go
+            # first into its input, in order, ahead of anything read later.
+            self.server.loop.call_soon(self._pass_early_bytes, self.transport)
         try:
             new_transport = await self.server.loop.start_tls(
                 self.transport,
@@ -449,6 +466,24 @@ class SmtpSession(asyncio.Protocol):
         self._peer_certificate = info.peer_certificate
         server_update(self.conn, tls=info)
         return True
+
+    def _pass_early_bytes(self, raw: asyncio.Transport) -> None:
+        early, self._before_tls = self._before_tls, None
+        layer: Any = raw.get_protocol()
+        if not early or layer is self:
+            return
+        if not hasattr(layer, "buffer_updated"):  # a plain Protocol (neither loop's today)
+            layer.data_received(bytes(early))
+            return
+        # Both loops' TLS layers are buffered protocols (uvloop's is not a subclass of
+        # asyncio.BufferedProtocol, hence the duck typing).
+        view = memoryview(early)
+        while view:
+            buffer = memoryview(layer.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            layer.buffer_updated(size)
+            view = view[size:]
 
     def _handshake_failed(self) -> None:
         if self._implicit_tls:
