@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mailwarden import logs
 from mailwarden.config import Config
+from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.node.backoff import deaths_before, restart_delay
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SupervisorLink
@@ -74,7 +75,7 @@ class Supervisor:
     def run(self) -> int:
         self._selector.register(self._wake_read, selectors.EVENT_READ)
         previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, QUEUE_WAKE_SIGNAL)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             for slot in self.slots:
@@ -173,6 +174,8 @@ class Supervisor:
                 self.reload_waiting = {s.pid for s in self.slots if s.pid is not None}
                 self.reload_deadline = time.monotonic() + RELOAD_REPORT_TIMEOUT
             self._forward(signum)
+        elif signum == QUEUE_WAKE_SIGNAL and not self.stopping:
+            self._forward(signum)  # each worker delivers its own shard
 
     def _forward(self, signum: int) -> None:
         for slot in self.slots:
@@ -297,7 +300,7 @@ class Supervisor:
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)  # see CONTROL_SIGNALS
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in (*CONTROL_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             self._selector.close()
             for slot in self.slots:
