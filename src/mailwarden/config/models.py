@@ -510,6 +510,7 @@ class ServerSettings(BaseModel):
             auth_mechanisms=tuple(self.auth_mechanisms),
             auth_requires_tls=self.auth_requires_tls,
             max_auth_failures=limits.auth_failures,
+            tls_required=self.tls_client_certificate == "require",
         )
 
     def file_problems(self) -> list[tuple[KeyPath, str]]:
