@@ -18,7 +18,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from tests.server.conftest import wait_for_log
+from tests.server.conftest import RawClient, queued, wait_for_log
 from tests.support.node import running_node
 from tests.support.tls_peers import client_context, facts_script, recorded, write_pair
 
@@ -166,6 +166,47 @@ def test_require_refuses_an_unverified_certificate_with_554_and_the_reason(
     # start-up probe's).
     hooks = [entry["hook"] for entry in recorded(tmp_path)]
     assert hooks.count("helo") == 1 and "mail_from" not in hooks
+
+
+def test_require_refuses_an_expired_certificate_from_the_trusted_ca(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    now = datetime.datetime.now(datetime.UTC)
+    client = ca.issue_cert(
+        "old.example",
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    server = server_keys(tmp_path, ca, "require") + facts_script(tmp_path)
+    with (
+        running_node(tmp_path, server=server) as node,
+        smtplib.SMTP("127.0.0.1", node.port, timeout=15) as smtp,
+    ):
+        smtp.ehlo("client.example")
+        smtp.starttls(context=client_context(ca, client))
+        code, text = smtp.ehlo("client.example")
+        assert (code, text.decode()) == (
+            554,
+            "5.7.1 Client certificate not verified: certificate has expired",
+        )
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.mail("someone@client.example")
+    assert "mail_from" not in [entry["hook"] for entry in recorded(tmp_path)]
+
+
+def test_require_refuses_a_client_that_never_starts_tls(tmp_path: Path, ca: trustme.CA) -> None:
+    """Without STARTTLS there is no certificate to check: RFC 3207 §4's 530 for every command
+    but the way to TLS, so nothing is queued in plaintext."""
+    server = server_keys(tmp_path, ca, "require") + facts_script(tmp_path)
+    with running_node(tmp_path, server=server) as node, RawClient(node.port) as client:
+        client.greeting()
+        assert "STARTTLS" in client.ehlo().text
+        for command in ("MAIL FROM:<a@client.example>", "RCPT TO:<b@example.org>", "DATA"):
+            reply = client.cmd(command)
+            assert (reply.code, reply.text) == (530, "5.7.0 Must issue a STARTTLS command first")
+        assert client.cmd("QUIT").code == 221
+        assert queued(node) == []
+    assert "mail_from" not in [entry["hook"] for entry in recorded(tmp_path)]
 
 
 def test_require_refuses_a_client_without_certificate_in_the_handshake(

@@ -114,6 +114,27 @@ def test_swaks_tlsc_on_an_implicit_tls_listener(tmp_path: Path, ca: trustme.CA) 
         assert only_message(node).tls is not None
 
 
+def test_implicit_tls_require_refuses_a_stranger_certificate_instead_of_greeting(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    stranger = trustme.CA(organization_name="Stranger CA")
+    ca.cert_pem.write_to_path(str(tmp_path / "clients-ca.pem"))
+    server = pair_keys(tmp_path, ca, SERVER_NAME)
+    server += 'tls_client_certificate = "require"\ntls_client_ca = "clients-ca.pem"\n'
+    context = client_context(ca)
+    stranger.issue_cert("other.example").configure_cert(context)
+    with (
+        implicit_node(tmp_path, server) as node,
+        socket.create_connection(("127.0.0.1", node.port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+    ):
+        received = b""
+        while chunk := tls.recv(4096):
+            received += chunk
+        assert received == b"554 5.7.1 Client certificate not verified: no trusted issuer found\r\n"
+        wait_for_log(node, "client certificate refused")
+
+
 def test_plaintext_client_on_an_implicit_tls_listener_gets_no_plaintext_reply(
     tmp_path: Path, ca: trustme.CA
 ) -> None:
@@ -245,9 +266,11 @@ def test_tls_ciphers_limit_what_tls_12_clients_get(tmp_path: Path, ca: trustme.C
         other = client_context(ca)
         other.maximum_version = ssl.TLSVersion.TLSv1_2
         other.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256")
-        with smtplib.SMTP("127.0.0.1", node.port, timeout=15) as smtp:
-            with pytest.raises(ssl.SSLError):
-                smtp.starttls(context=other)
+        with (
+            smtplib.SMTP("127.0.0.1", node.port, timeout=15) as smtp,
+            pytest.raises(ssl.SSLError),
+        ):
+            smtp.starttls(context=other)
 
 
 def test_unknown_cipher_list_stops_the_start_naming_the_key(tmp_path: Path, ca: trustme.CA) -> None:
