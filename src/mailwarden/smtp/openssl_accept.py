@@ -1,19 +1,33 @@
 """Ask TLS clients for a certificate without letting OpenSSL refuse the ones it cannot verify.
 
-Python's :mod:`ssl` asks for a client certificate only together with OpenSSL's own verification,
-and a certificate that fails it aborts the handshake (``CERT_OPTIONAL`` included). A listener
-with ``tls_client_certificate = "request"`` must instead let such a certificate through, so that
-the script sees it with the reason it failed (:mod:`mailwarden.auth.certificates` verifies it
-after the handshake). OpenSSL allows exactly that with a verify callback that accepts every
-certificate (``SSL_CTX_set_verify``, see its manual page); the stdlib exposes no such callback,
-so this module installs one through ctypes on the context's ``SSL_CTX``.
+Why ctypes: Python's :mod:`ssl` asks for a client certificate only together with OpenSSL's own
+verification, and a certificate that fails it aborts the handshake (``CERT_OPTIONAL`` included;
+tests/smtp/test_openssl_accept.py shows it). A listener with ``tls_client_certificate =
+"request"`` must instead let such a certificate through, so that the script sees it with the
+reason it failed (:mod:`mailwarden.auth.certificates` verifies it after the handshake). OpenSSL
+allows exactly that with a verify callback that accepts every certificate
+(``SSL_CTX_set_verify``, see its manual page); the stdlib exposes no such callback (there is no
+``verify_callback`` in :mod:`ssl`, and pyOpenSSL's contexts cannot drive asyncio's
+``start_tls``), so this module installs one through ctypes on the context's ``SSL_CTX``. The
+callback only waives the chain check: OpenSSL still checks the client's CertificateVerify
+signature, so the certificate is one whose key the client holds (RFC 8446 §4.4.3).
 
-CPython keeps a callback installed this way when ``verify_mode`` is set again (``_ssl.c`` reads
-it back with ``SSL_CTX_get_verify_callback``) and passes it on to every connection the context
-makes. Finding the ``SSL_CTX`` relies on the layout of CPython's context object (the pointer
-right after the object header), so :func:`accept_any_client_certificate` checks that the
-pointer it found is that context's (same verify mode, same options) before it writes through it,
-and raises :class:`UnsupportedError` rather than guess.
+Why it is safe:
+
+- It fails closed. Finding the ``SSL_CTX`` relies on the layout of CPython's context object
+  (the pointer right after the object header), so :func:`accept_any_client_certificate`
+  checks that the pointer it found is that context's (same verify mode, same options) before
+  it writes through it, reads the callback back afterwards, and raises
+  :class:`UnsupportedError` rather than guess; the listener then does not start
+  (``servers[ID].tls_client_certificate: ...``). Had the callback not been installed,
+  ``CERT_REQUIRED`` without any CA loaded into OpenSSL would refuse every client.
+- It never decides who gets in. Under ``"require"`` the session refuses (554 5.7.1, with the
+  reason) every certificate our own verification does not pass, and a client without one
+  fails the handshake; a client that never starts TLS gets 530 (RFC 3207 §4).
+- It works the same under uvloop: both loops make each connection's ``SSLObject`` from the
+  context with ``SSLContext.wrap_bio``, so OpenSSL copies the callback from the ``SSL_CTX``
+  into every ``SSL``. CPython keeps a callback installed this way when ``verify_mode`` is set
+  again (``_ssl.c`` reads it back with ``SSL_CTX_get_verify_callback``).
 """
 
 from __future__ import annotations
@@ -52,6 +66,8 @@ def _libssl() -> ctypes.CDLL:
     library.SSL_CTX_get_verify_mode.restype = ctypes.c_int
     library.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
     library.SSL_CTX_get_options.restype = ctypes.c_uint64
+    library.SSL_CTX_get_verify_callback.argtypes = [ctypes.c_void_p]
+    library.SSL_CTX_get_verify_callback.restype = ctypes.c_void_p
     return library
 
 
@@ -90,3 +106,5 @@ def accept_any_client_certificate(context: ssl.SSLContext, *, required: bool) ->
     expected = _VERIFY_PEER | (_FAIL_IF_NO_PEER_CERT if required else 0)
     if _LIBRARY.SSL_CTX_get_verify_mode(pointer) != expected:
         raise UnsupportedError("the ssl module did not keep the verify settings")
+    if _LIBRARY.SSL_CTX_get_verify_callback(pointer) != ctypes.cast(_accept, ctypes.c_void_p).value:
+        raise UnsupportedError("the ssl module did not keep the verify callback")
