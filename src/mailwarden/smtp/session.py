@@ -502,8 +502,10 @@ class SmtpSession(asyncio.Protocol):
             return
         if certificate is not None and certificate.verified:
             return
-        reason = certificate.verify_error if certificate is not None else "no certificate"
-        assert self.conn is not None and reason is not None
+        problem = certificate.verify_error if certificate is not None else None
+        # The verifier's text may quote what the certificate holds: never raw into a reply.
+        reason = replies.quote_for_reply(problem or "no certificate", 200)
+        assert self.conn is not None
         log.info(
             'connection %s: client certificate refused: client=%s subject="%s" reason="%s"',
             self.conn.id,
