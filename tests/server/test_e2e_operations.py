@@ -363,7 +363,12 @@ def test_failed_reload_changes_no_listener(tmp_path: Path, tls_keys: str) -> Non
         (tmp_path / "cert.pem").write_text("not a certificate\n")
         node.signal(signal.SIGHUP)
         wait_for_log(node, "reload failed")
-        assert f"servers[second]: cannot use tls_certificate {tmp_path / 'cert.pem'}" in node.log()
+        # The key and both files, in the form of a configuration error line.
+        problem = (
+            f"servers[second].tls_certificate: cannot use {tmp_path / 'cert.pem'}"
+            f" with tls_key {tmp_path / 'key.pem'}"
+        )
+        assert problem in node.log()
         with RawClient(node.port) as client:
             client.greeting()
             client.ehlo()

@@ -83,6 +83,37 @@ def test_refused_starttls(
     assert not t.of(events.StartTls)
 
 
+# auth_requires_tls off: requiring TLS must keep AUTH back on its own.
+TLS_REQUIRED = ProtocolSettings(tls_available=True, tls_required=True, auth_requires_tls=False)
+
+
+def test_tls_required_answers_530_to_everything_but_the_way_to_tls(smtp: Driver) -> None:
+    """RFC 3207 §4: a listener requiring TLS (tls_client_certificate = "require") answers every
+    command other than NOOP, EHLO, STARTTLS and QUIT with 530 until the handshake."""
+    t = smtp(
+        session(
+            "EHLO c.example",
+            "MAIL FROM:<a@example.org>",
+            "RCPT TO:<b@example.org>",
+            "DATA",
+            "HELO c.example",
+            "AUTH PLAIN AGFAYg==",
+            "VRFY b",
+            "NOOP",
+            "STARTTLS",
+        ),
+        TLS,
+        session("EHLO c.example", "MAIL FROM:<a@example.org>"),
+        settings=TLS_REQUIRED,
+    )
+    assert t.codes == [220, 250, 530, 530, 530, 530, 530, 530, 250, 220, 250, 250]
+    assert t.replies[2].lines == ("5.7.0 Must issue a STARTTLS command first",)
+    before, after = t.replies[1].lines, t.replies[10].lines
+    assert "STARTTLS" in before and not any(line.startswith("AUTH") for line in before)
+    assert "AUTH PLAIN LOGIN" in after
+    assert t.kinds() == ["Helo", "StartTls", "Helo", "MailFrom"]
+
+
 # --- AUTH ----------------------------------------------------------------------------------
 
 CREDENTIALS = b"\x00user\x00secret"

@@ -110,6 +110,19 @@ def _check_domain(value: str) -> str:
 DomainName = Annotated[str, AfterValidator(_check_domain)]
 
 
+def _check_certificate_name(value: str) -> str:
+    """A host name a certificate is served for, or ``*.`` and a domain (RFC 6125 §6.4.3)."""
+    bare = value[2:] if value.startswith("*.") else value
+    if not is_hostname(bare):
+        raise _invalid(
+            f"expected a host name such as 'mx.example.com' or '*.example.com', got {value!r}"
+        )
+    return value.lower().rstrip(".")
+
+
+CertificateName = Annotated[str, AfterValidator(_check_certificate_name)]
+
+
 def _check_network(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=True))
@@ -324,6 +337,33 @@ class LimitSettings(BaseModel):
 
 
 AuthMechanism = Literal["PLAIN", "LOGIN"]
+TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
+ClientCertificateMode = Literal["off", "request", "require"]
+
+
+class TlsCertificateSettings(BaseModel):
+    """``[[servers.tls_certificates]]``: one certificate, served to clients that ask for one of
+    its names by SNI (RFC 6066 §3)."""
+
+    model_config = _MODEL
+
+    certificate: RelativePath = Field(description="PEM certificate chain.")
+    key: RelativePath = Field(description="PEM private key.")
+    names: list[CertificateName] | None = Field(
+        None, description="SNI names it is served for; default the certificate's DNS names."
+    )
+
+
+class TlsCertificate(BaseModel):
+    """A certificate pair as the listener uses it (the single ``tls_certificate`` pair or one
+    of ``tls_certificates``), with where it came from for error messages."""
+
+    model_config = _MODEL
+
+    certificate: Path
+    key: Path
+    names: tuple[str, ...] | None
+    where: tuple[str | int, ...]
 
 
 class ServerSettings(BaseModel):
@@ -351,6 +391,22 @@ class ServerSettings(BaseModel):
     )
     tls_certificate: RelativePath | None = Field(None, description="PEM certificate chain.")
     tls_key: RelativePath | None = Field(None, description="PEM private key.")
+    tls_certificates: list[TlsCertificateSettings] = Field(
+        default_factory=list, description="More certificates, chosen by SNI."
+    )
+    tls_implicit: bool = Field(
+        False, description="TLS from the first byte (RFC 8314), no STARTTLS."
+    )
+    tls_min_version: TlsVersion = Field("TLSv1.2", description="Oldest TLS version accepted.")
+    tls_ciphers: str | None = Field(
+        None, description="OpenSSL cipher list for TLS 1.2; default OpenSSL's."
+    )
+    tls_client_certificate: ClientCertificateMode = Field(
+        "off", description="Ask clients for a certificate: off, request or require."
+    )
+    tls_client_ca: RelativePath | None = Field(
+        None, description="PEM bundle client certificates are verified against."
+    )
     auth_mechanisms: list[AuthMechanism] = Field(
         default_factory=lambda: ["PLAIN", "LOGIN"], description="SASL mechanisms offered."
     )
@@ -387,7 +443,41 @@ class ServerSettings(BaseModel):
             raise _problems(
                 [(("tls_key",), "expected tls_certificate as well; set both or neither")]
             )
+        if self.tls_implicit and not self.certificates:
+            raise _problems(
+                [(("tls_implicit",), "expected a certificate (tls_certificate and tls_key)")]
+            )
+        if self.tls_client_certificate != "off" and not self.certificates:
+            raise _problems([(("tls_client_certificate",), "expected a certificate for TLS first")])
+        if self.tls_client_certificate == "require" and self.tls_client_ca is None:
+            raise _problems(
+                [(("tls_client_ca",), "expected a CA file when tls_client_certificate = require")]
+            )
         return self
+
+    @property
+    def certificates(self) -> list[TlsCertificate]:
+        """Every certificate of the listener; the first is served when SNI matches none."""
+        found = []
+        if self.tls_certificate is not None and self.tls_key is not None:
+            found.append(
+                TlsCertificate(
+                    certificate=self.tls_certificate,
+                    key=self.tls_key,
+                    names=None,
+                    where=("tls_certificate",),
+                )
+            )
+        for index, entry in enumerate(self.tls_certificates):
+            found.append(
+                TlsCertificate(
+                    certificate=entry.certificate,
+                    key=entry.key,
+                    names=None if entry.names is None else tuple(entry.names),
+                    where=("tls_certificates", index, "certificate"),
+                )
+            )
+        return found
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -415,17 +505,25 @@ class ServerSettings(BaseModel):
             max_errors=limits.errors,
             bare_line_endings=self.bare_line_endings,
             reject_early_talkers=self.reject_early_talkers,
-            tls_available=self.tls_certificate is not None,
+            # Implicit TLS never offers STARTTLS (RFC 8314 §3.3): TLS is already there.
+            tls_available=bool(self.certificates) and not self.tls_implicit,
             auth_mechanisms=tuple(self.auth_mechanisms),
             auth_requires_tls=self.auth_requires_tls,
             max_auth_failures=limits.auth_failures,
+            tls_required=self.tls_client_certificate == "require",
         )
 
-    def file_problems(self) -> list[tuple[str, str]]:
-        """``(key, problem)`` for each configured file that is missing or unreadable."""
-        found = []
-        for key in ("script", "tls_certificate", "tls_key"):
-            path: Path | None = getattr(self, key)
+    def file_problems(self) -> list[tuple[KeyPath, str]]:
+        """``(key path, problem)`` for each configured file that is missing or unreadable."""
+        named: list[tuple[KeyPath, Path | None]] = [
+            ((key,), getattr(self, key))
+            for key in ("script", "tls_certificate", "tls_key", "tls_client_ca")
+        ]
+        for index, entry in enumerate(self.tls_certificates):
+            named.append((("tls_certificates", index, "certificate"), entry.certificate))
+            named.append((("tls_certificates", index, "key"), entry.key))
+        found: list[tuple[KeyPath, str]] = []
+        for key, path in named:
             if path is None:
                 continue
             if not path.is_file():
@@ -450,7 +548,9 @@ class ServerSettings(BaseModel):
         """
         found = self.file_problems()
         if found:
-            raise ConfigError([f"servers[{self.id}].{key}: {text}" for key, text in found])
+            raise ConfigError(
+                [f"servers[{self.id}].{'.'.join(map(str, key))}: {text}" for key, text in found]
+            )
 
 
 def _listeners_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
@@ -595,7 +695,7 @@ class Config(BaseModel):
         problems = []
         for index, server in enumerate(self.servers):
             for key, text in server.file_problems():
-                path = ("servers", index, key)
+                path = ("servers", index, *key)
                 line = line_of(self._key_lines, path)
                 problems.append(format_problem(self._file_name, line, path, text))
         for path, text in self._delivery_file_problems():

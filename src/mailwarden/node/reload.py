@@ -4,7 +4,7 @@ the worker started with."""
 from __future__ import annotations
 
 from mailwarden.config import Config
-from mailwarden.smtp.server import build_ssl_context
+from mailwarden.smtp.server_tls import build_server_tls
 
 # Keys read only at start: a reload warns that they need a restart and keeps running without.
 RESTART_ONLY = {
@@ -14,18 +14,11 @@ RESTART_ONLY = {
 
 
 def check_certificates(config: Config) -> None:
-    """Load every listener's certificate and key, so that a reload is all or nothing: an
-    unusable pair on a later listener cannot leave earlier ones already switched. Raises
-    ValueError naming the server and both files."""
+    """Load every listener's certificates, keys and client CA file, so that a reload is all or
+    nothing: an unusable pair on a later listener cannot leave earlier ones already switched.
+    Raises ValueError (TlsSetupError) naming the server, the key and the files."""
     for settings in config.servers:
-        if settings.tls_certificate is not None and settings.tls_key is not None:
-            try:
-                build_ssl_context(settings.tls_certificate, settings.tls_key)
-            except OSError as error:  # ssl.SSLError too; say which files
-                raise ValueError(
-                    f"servers[{settings.id}]: cannot use tls_certificate "
-                    f"{settings.tls_certificate} with tls_key {settings.tls_key}: {error}"
-                ) from None
+        build_server_tls(settings)
 
 
 def restart_only_changes(started: Config, loaded: Config) -> list[str]:

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import ssl
 from pathlib import Path
 
 from mailwarden import logs, stats
@@ -31,6 +30,7 @@ from mailwarden.node.scripts import load_scripts
 from mailwarden.policy.script import PolicyScript, ScriptError
 from mailwarden.queue.manager import QueueManager
 from mailwarden.smtp.server import SmtpServer
+from mailwarden.smtp.server_tls import TlsSetupError
 from mailwarden.spool.errors import SpoolError
 from mailwarden.spool.store import SpoolStore
 
@@ -308,14 +308,9 @@ def _new_server(
         return SmtpServer(
             settings, config.node.hostname, script, spool, config.spool, worker=worker.index
         )
-    except (OSError, ssl.SSLError) as error:
-        raise StartupError(
-            config.describe_problem(
-                ("servers", index, "tls_certificate"),
-                f"cannot use {settings.tls_certificate} with tls_key {settings.tls_key}: "
-                f"{getattr(error, 'strerror', None) or error}",
-            )
-        ) from None
+    except TlsSetupError as error:
+        path = ("servers", index, *error.key)
+        raise StartupError(config.describe_problem(path, error.problem)) from None
 
 
 def _event_loop_factory() -> asyncio.AbstractEventLoop:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+from mailwarden.auth.certificates import PeerCertificate
 from mailwarden.auth.sasl import Credentials
 from mailwarden.policy import editing, mime
 from mailwarden.policy.editing import PartInfo
@@ -29,6 +30,7 @@ __all__ = [
     "HookResult",
     "Message",
     "PartInfo",
+    "PeerCertificate",
     "Recipient",
     "RecipientState",
     "Sender",
@@ -41,12 +43,20 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
-    """The TLS session of a connection (after STARTTLS)."""
+    """The TLS session of a connection (after STARTTLS, or from the start on an implicit-TLS
+    listener): protocol (``"TLSv1.3"``), cipher, key bits, the name the client asked for by
+    SNI (None when it sent none) and the client's certificate (None when it sent none; see
+    :class:`PeerCertificate`, re-exported here from :mod:`mailwarden.auth.certificates`).
+
+    ``peer_certificate_subject`` is the subject of ``peer_certificate``, kept for scripts
+    written before ``peer_certificate`` existed."""
 
     protocol: str
     cipher: str
     bits: int
     peer_certificate_subject: str | None = None
+    sni: str | None = None
+    peer_certificate: PeerCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

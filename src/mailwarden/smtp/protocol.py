@@ -103,6 +103,10 @@ class ProtocolSettings:
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     auth_requires_tls: bool = True
     max_auth_failures: int = 3
+    # A listener with tls_client_certificate = "require": nothing but the commands that lead
+    # to TLS before the handshake (RFC 3207 §4), so a client that never starts TLS cannot
+    # pass without the certificate the session then checks.
+    tls_required: bool = False
 
 
 # MAIL and RCPT lines grow with each extension's parameters (RFC 1870 §3, RFC 3461 §5, RFC 4954
@@ -112,6 +116,8 @@ _MAIL_PARAMETERS = frozenset({"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"
 _RCPT_PARAMETERS = frozenset({"NOTIFY", "ORCPT"})
 # RFC 4954 §4: AUTH lines (command with initial response, or an answer) up to 12288 octets.
 _AUTH_LINE_LIMIT = 12288
+# RFC 3207 §4: a server that requires TLS answers every other command with 530 until then.
+_BEFORE_TLS = frozenset({"NOOP", "EHLO", "STARTTLS", "QUIT"})
 
 
 class _Handled(enum.Enum):
@@ -286,6 +292,13 @@ class SmtpConnection:
         self._reset_transaction()
         self._inbuf.clear()
         self._move(Move.TLS_ESTABLISHED)
+
+    def tls_before_greeting(self) -> None:
+        """The listener is implicit TLS (RFC 8314 §3.3): the handshake came before the greeting,
+        so the whole session is under TLS and STARTTLS is refused as already active."""
+        if self._state is not State.BEFORE_GREETING:
+            raise LocalProtocolError("tls_before_greeting() after the greeting", self._state)
+        self.tls_active = True
 
     # --- input ---------------------------------------------------------------------------------
 
@@ -525,6 +538,8 @@ class SmtpConnection:
         s = self.settings
         if not s.auth_mechanisms:
             return replies.AUTH_NOT_AVAILABLE
+        if not self.tls_active and s.tls_required:
+            return replies.STARTTLS_FIRST
         if not self.tls_active and s.auth_requires_tls:
             return replies.AUTH_NEEDS_TLS
         return None
@@ -554,6 +569,9 @@ class SmtpConnection:
         spec = _COMMANDS.get(verb)
         if spec is None:
             self._error(replies.UNKNOWN_COMMAND)
+            return
+        if self.settings.tls_required and not self.tls_active and verb not in _BEFORE_TLS:
+            self._error(replies.STARTTLS_FIRST)
             return
         no_arguments, offered, offered_first, refuse = spec
         if no_arguments is not None and argument.strip(" "):

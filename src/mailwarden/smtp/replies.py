@@ -167,6 +167,11 @@ TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
 TLS_HANDSHAKE_FAILED = Reply(454, "4.7.0", "TLS handshake failed")
 STARTTLS_NO_ARGUMENTS = Reply(501, "5.5.4", "STARTTLS takes no arguments")
+# RFC 3207 §4: the listener requires TLS (a client certificate) before anything else.
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+# tls_client_certificate = "require": the certificate the client sent did not verify; the
+# text says why (RFC 3463 §3.8: 5.7.1 delivery not authorized).
+CLIENT_CERTIFICATE_NOT_VERIFIED = Reply(554, "5.7.1", "Client certificate not verified")
 
 # --- AUTH (RFC 4954) ------------------------------------------------------------------------
 AUTH_SUCCEEDED = Reply(235, "2.7.0", "Authentication successful")

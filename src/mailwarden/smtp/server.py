@@ -12,9 +12,7 @@ import asyncio
 import ipaddress
 import itertools
 import logging
-import os
 import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ from mailwarden.policy.script import PolicyScript
 from mailwarden.smtp import replies
 from mailwarden.smtp.protocol import ProtocolSettings
 from mailwarden.smtp.replies import Reply
+from mailwarden.smtp.server_tls import ServerTls, build_server_tls
 from mailwarden.smtp.session import SmtpSession
 from mailwarden.spool.store import SpoolStore
 
@@ -66,7 +65,7 @@ class ListenerSnapshot:
     protocol_settings: ProtocolSettings
     local_domains: frozenset[str]
     trusted_networks: tuple[Network, ...]
-    ssl_context: ssl.SSLContext | None
+    tls: ServerTls | None  # None: no certificate, no TLS
     spool_settings: SpoolSettings
     script: PolicyScript
     _trusted_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
@@ -105,20 +104,6 @@ class TrackedSession(Protocol):
         """Close now with ``reply`` (the shutdown grace time is over)."""
 
 
-def build_ssl_context(
-    certificate: os.PathLike[str] | str, key: os.PathLike[str] | str
-) -> ssl.SSLContext:
-    """Server TLS context. Raises ssl.SSLError or OSError if the files are unusable."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificate, key)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # No client certificate is requested: asking with CERT_OPTIONAL makes the handshake fail
-    # for clients whose certificate no local CA vouches for (many MTAs send their own), and
-    # opportunistic STARTTLS must not turn into a refusal (RFC 3207 §4.1).
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class SmtpServer:
     def __init__(
         self,
@@ -152,11 +137,10 @@ class SmtpServer:
         """Take new settings, script and spool settings (None: keep the current ones) for new
         connections; connections already open keep the snapshot they started with.
 
-        Raises ssl.SSLError or OSError if the TLS files cannot be loaded (nothing changes then).
+        Raises TlsSetupError (a ValueError naming key and file) if the TLS settings or files
+        cannot be used; nothing changes then.
         """
-        ssl_context = None
-        if settings.tls_certificate is not None and settings.tls_key is not None:
-            ssl_context = build_ssl_context(settings.tls_certificate, settings.tls_key)
+        tls = build_server_tls(settings)
         if spool_settings is None:
             spool_settings = self.snapshot.spool_settings
         self.snapshot = ListenerSnapshot(
@@ -164,7 +148,7 @@ class SmtpServer:
             protocol_settings=settings.protocol_settings(node_hostname),
             local_domains=frozenset(d.lower().rstrip(".") for d in settings.local_domains),
             trusted_networks=tuple(ipaddress.ip_network(n) for n in settings.trusted_networks),
-            ssl_context=ssl_context,
+            tls=tls,
             spool_settings=spool_settings,
             script=script,
         )

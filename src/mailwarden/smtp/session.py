@@ -36,6 +36,7 @@ from mailwarden.policy.context import (
     Connection,
     Helo,
     Message,
+    PeerCertificate,
     Recipient,
     RecipientState,
     Sender,
@@ -67,6 +68,9 @@ ANSWERED = object()  # _decide: the client already has its reply
 # Stop reading from a client whose unprocessed input exceeds this (a slow hook or a flood):
 # memory per connection stays bounded (flow control, as uvicorn's FlowControl does).
 _HIGH_WATER = 256 * 1024
+# Bytes kept for the TLS layer before its handshake starts (implicit TLS): a ClientHello is at
+# most one handshake message of 2^24 octets in theory, a few kilobytes in practice.
+_BEFORE_TLS_LIMIT = 64 * 1024
 
 
 class SmtpSession(asyncio.Protocol):
@@ -98,6 +102,9 @@ class SmtpSession(asyncio.Protocol):
         self._trusted = False
         self._auth: AuthIdentity | None = None
         self._tls = False
+        self._peer_certificate: PeerCertificate | None = None
+        # Implicit TLS: what the client sent before start_tls took the transport over.
+        self._before_tls: bytearray | None = None
         self._hook_deadline = 0.0
         self._hook_expired = False
 
@@ -126,6 +133,11 @@ class SmtpSession(asyncio.Protocol):
             transport.close()
             return
         counters.connections += 1
+        if self._implicit_tls:
+            # RFC 8314 §3.3: the TLS handshake comes first. Until start_tls takes the transport
+            # over, bytes that arrive (the ClientHello, often) are kept for it, not parsed:
+            # pausing cannot prevent them (uvloop starts reading after connection_made).
+            self._before_tls = bytearray()
         self._last_activity = self.server.loop.time()
         self._trusted = snapshot.is_trusted(peer[0])
         self.conn = Connection(
@@ -140,6 +152,12 @@ class SmtpSession(asyncio.Protocol):
         self._task = self.server.loop.create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        if self._before_tls is not None:
+            if len(self._before_tls) + len(data) > _BEFORE_TLS_LIMIT:
+                self.transport.abort()  # type: ignore[union-attr]  # no ClientHello is this big
+                return
+            self._before_tls += data
+            return
         self.core.receive_data(data)
         self._last_activity = self.server.loop.time()
         if self.core.buffered_bytes > _HIGH_WATER:
@@ -219,10 +237,18 @@ class SmtpSession(asyncio.Protocol):
 
     # --- the session loop ------------------------------------------------------------------
 
+    @property
+    def _implicit_tls(self) -> bool:
+        return self.snapshot.settings.tls_implicit and self.snapshot.tls is not None
+
     async def _run(self) -> None:
         assert self.conn is not None
         try:
-            await self._greet()
+            if self._implicit_tls and await self._handshake():
+                self.core.tls_before_greeting()
+                self._refuse_unverified_certificate()
+            if not self.core.closed:
+                await self._greet()
             core = self.core
             while True:
                 event = core.next_event()
@@ -398,36 +424,97 @@ class SmtpSession(asyncio.Protocol):
 
     async def _on_starttls(self, event: events.StartTls) -> None:
         self._flush()  # the 220 must reach the client before the handshake starts
+        if not await self._handshake():
+            return
+        assert self.conn is not None
+        server_update(self.conn, helo_name=None)
+        self.core.tls_established()
+        self._refuse_unverified_certificate()
+
+    async def _handshake(self) -> bool:
+        """TLS on the connection (after STARTTLS's 220, or first thing on an implicit-TLS
+        listener); records ``conn.tls``. False when it failed: the connection is closed then,
+        with 454 after STARTTLS, and without a word on an implicit-TLS listener (the client
+        expects TLS records, not a reply)."""
         assert self.transport is not None and self.conn is not None
+        tls = self.snapshot.tls
+        assert tls is not None  # STARTTLS is offered and tls_implicit allowed only with one
+        if self._before_tls is not None:
+            # Runs after start_tls has handed the socket to the TLS layer and before that
+            # layer starts its handshake (both are queued behind it): the early bytes go
+            # first into its input, in order, ahead of anything read later.
+            self.server.loop.call_soon(self._pass_early_bytes, self.transport)
         try:
             new_transport = await self.server.loop.start_tls(
                 self.transport,
                 self,
-                self.snapshot.ssl_context,
+                tls.context,
                 server_side=True,
                 ssl_handshake_timeout=self.settings.limits.command_timeout,
             )
-        except (TimeoutError, OSError, ConnectionError) as error:
-            log.info("connection %s: TLS handshake failed: %s", self.conn.id, error)
-            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        except Exception as error:  # ssl.SSLError and friends
-            log.info("connection %s: TLS handshake failed: %s", self.conn.id, error)
-            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
-            self.transport.abort()
-            return
+        except Exception as error:  # ssl.SSLError, OSError, TimeoutError, ConnectionError
+            new_transport = None
+            log.info("connection %s: TLS handshake failed: %s", self.conn.id, error or repr(error))
         if new_transport is None:
-            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
-            return
+            self._handshake_failed()
+            return False
         self.transport = new_transport
         # A fresh transport with its own flow control; the old one's marks are gone with it.
         self._tls = True
         self._writing_paused = self._reading_paused = self._input_full = False
-        tls = tls_info(new_transport.get_extra_info("ssl_object"))
-        server_update(self.conn, tls=tls, helo_name=None)
-        self.core.tls_established()
+        info = tls_info(new_transport.get_extra_info("ssl_object"), tls.verifier)
+        self._peer_certificate = info.peer_certificate
+        server_update(self.conn, tls=info)
+        return True
+
+    def _pass_early_bytes(self, raw: asyncio.Transport) -> None:
+        early, self._before_tls = self._before_tls, None
+        layer: Any = raw.get_protocol()
+        if not early or layer is self:
+            return
+        if not hasattr(layer, "buffer_updated"):  # a plain Protocol (neither loop's today)
+            layer.data_received(bytes(early))
+            return
+        # Both loops' TLS layers are buffered protocols (uvloop's is not a subclass of
+        # asyncio.BufferedProtocol, hence the duck typing).
+        view = memoryview(early)
+        while view:
+            buffer = memoryview(layer.get_buffer(len(view)))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            layer.buffer_updated(size)
+            view = view[size:]
+
+    def _handshake_failed(self) -> None:
+        if self._implicit_tls:
+            self.core.connection_lost()
+        else:
+            self.core.close_with(replies.TLS_HANDSHAKE_FAILED, "TLS handshake failed")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse_unverified_certificate(self) -> None:
+        """``tls_client_certificate = "require"``: a certificate that did not verify ends the
+        session with 554 5.7.1 and the reason (one that sent none failed the handshake already,
+        with OpenSSL's alert)."""
+        certificate = self._peer_certificate
+        if self.snapshot.settings.tls_client_certificate != "require":
+            return
+        if certificate is not None and certificate.verified:
+            return
+        problem = certificate.verify_error if certificate is not None else None
+        # The verifier's text may quote what the certificate holds: never raw into a reply.
+        reason = replies.quote_for_reply(problem or "no certificate", 200)
+        assert self.conn is not None
+        log.info(
+            'connection %s: client certificate refused: client=%s subject="%s" reason="%s"',
+            self.conn.id,
+            self.remote_ip,
+            replies.sanitize_text(certificate.subject if certificate is not None else "-"),
+            reason,
+        )
+        reply = replies.CLIENT_CERTIFICATE_NOT_VERIFIED
+        self.core.close_with(reply.with_text(f"{reply.text}: {reason}"), "client certificate")
 
     async def _on_auth(self, event: events.AuthRequest | events.AuthResponse) -> None:
         assert self.conn is not None
