@@ -29,6 +29,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mailwarden.auth.sasl import Challenge, Failed, Mechanism, mechanism_for
+from mailwarden.metrics import instruments
 from mailwarden.policy import hooks
 from mailwarden.policy.actions import Accept, Defer, Reject
 from mailwarden.policy.context import (
@@ -108,13 +109,14 @@ class SmtpSession(asyncio.Protocol):
         self.snapshot = snapshot = self.server.snapshot
         self.settings = snapshot.settings
         self.script = snapshot.script
-        self.core = SmtpConnection(snapshot.protocol_settings)
+        self.core = SmtpConnection(snapshot.protocol_settings, instruments.replies)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.remote_ip = peer[0]
         refusal = self.server.admit(self)
         if refusal is not None:
             counters.connections_refused += 1
+            instruments.replies[refusal.code] = instruments.replies.get(refusal.code, 0) + 1
             log.info(
                 'connection refused: client=%s reply="%d %s %s"',
                 self.remote_ip,
