@@ -10,6 +10,13 @@ from mailwarden.smtp.server import build_ssl_context
 RESTART_ONLY = {
     "node": ("data_dir", "workers", "user", "group"),
     "spool": ("path", "fsync", "group_commit_max_batch"),
+    "metrics": (
+        "listen",
+        "series",
+        "minute_retention_hours",
+        "hour_retention_days",
+        "day_retention_days",
+    ),
 }
 
 
