@@ -319,6 +319,11 @@ class PostfixRelay:
     def __post_init__(self) -> None:
         script = PEERS / "postfix-relay.sh"
         hop = f"[127.0.0.1]:{self.sink_port}"
+        # postconf -e needs a main.cf; on a fresh machine the peer script would make it only
+        # after this, so make it the same way first (Debian's default, as the script does).
+        main_cf = Path("/etc/postfix/main.cf")
+        if not main_cf.exists() or not main_cf.stat().st_size:
+            shutil.copy("/usr/share/postfix/main.cf.debian", main_cf)
         subprocess.run(["postconf", "-e", *self.settings], check=True)
         subprocess.run(["bash", str(script), str(self.port), hop], check=True)
         subprocess.run(["postsuper", "-d", "ALL"], capture_output=True)  # earlier runs' mail

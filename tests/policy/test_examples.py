@@ -7,12 +7,16 @@ phase), with context objects built as the session builds them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import smtplib
 import ssl
 import time
 from collections.abc import Iterator
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ EXPECTED_HOOKS = {
     "auth_users.py": {"auth"},
     "count_client_certificates.py": {"helo"},
     "greylisting.py": {"rcpt_to"},  # end to end in tests/lib/test_e2e_greylisting.py
+    "disclaimer.py": {"data"},
 }
 
 _connection_numbers = iter(range(1, 1_000_000))
@@ -488,3 +493,48 @@ def test_a_starttls_client_without_a_certificate_counts_no(tmp_path: Path) -> No
         while script_counters() != expected and time.monotonic() < deadline:
             time.sleep(0.1)
         assert script_counters() == expected
+
+
+# --- disclaimer.py ---------------------------------------------------------------------------
+
+
+def submission(attachment_name: str) -> bytes:
+    sent = EmailMessage()
+    sent["From"] = "alice@example.com"
+    sent["Subject"] = "the tool"
+    sent.set_content("Here it is.\n")
+    sent.add_alternative("<html><body><p>Here it is.</p></body></html>\n", subtype="html")
+    sent.add_attachment(
+        b"MZ\x90\x00program",
+        maintype="application",
+        subtype="octet-stream",
+        filename=attachment_name,
+    )
+    return sent.as_bytes(policy=policy.SMTP)
+
+
+async def run_disclaimer(conn: Connection, raw: bytes) -> bytes:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    msg = Message(Headers.parse(head + b"\r\n"), len(body), memory_body(body))
+    assert await decide(load("disclaimer.py"), "data", conn, transaction(), msg) is None
+    return await msg.raw()
+
+
+async def test_disclaimer_strips_programs_and_adds_the_footer_for_submissions() -> None:
+    conn = connection(auth=AuthIdentity("alice", "PLAIN"))
+    out = await run_disclaimer(conn, submission("tool.EXE"))
+    parsed = BytesParser(policy=policy.default).parsebytes(out)
+    leaves = [p for p in parsed.walk() if not p.is_multipart()]
+    text, html, note = (p.get_content().replace("\r\n", "\n") for p in leaves)
+    assert text.startswith("Here it is.\n-- \nThis message is confidential")
+    assert "please tell the sender and delete it.</p></body>" in html
+    assert note == "The attachment tool.EXE was removed: programs are not sent.\n"
+    assert base64.b64encode(b"MZ\x90\x00program") not in out  # the program is gone
+
+
+async def test_disclaimer_leaves_mail_from_outside_and_harmless_files_alone() -> None:
+    raw = submission("tool.pdf")
+    assert await run_disclaimer(connection(), raw) == raw  # not authenticated: untouched
+    out = await run_disclaimer(connection(auth=AuthIdentity("alice", "PLAIN")), raw)
+    assert b"confidential" in out
+    assert raw.split(b"Content-Disposition: attachment")[1] in out  # the PDF kept, as sent

@@ -188,3 +188,11 @@ def test_add_folded_keeps_the_bytes_and_refuses_injection() -> None:
         with pytest.raises(ValueError):
             headers.add_folded(bad)
     assert len(headers) == 2
+
+
+def test_add_folded_at_the_end() -> None:
+    headers = Headers.parse(b"From: a@example.org\r\n")
+    field = b'Content-Disposition: attachment;\r\n filename="a.pdf"\r\n'
+    headers.add_folded(field, at_top=False)
+    assert headers.to_bytes() == b"From: a@example.org\r\n" + field
+    assert headers.modified

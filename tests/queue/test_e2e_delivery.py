@@ -209,3 +209,59 @@ def test_a_route_back_to_this_node_bounces_as_a_loop(tmp_path: Path) -> None:
         p for p in parsed(dsn).walk() if p.get_content_type() == "message/delivery-status"
     ).as_string()
     assert "Status: 5.4.6" in report and "loops back to myself" in report
+
+
+def test_domains_routed_to_one_next_hop_share_its_connections(tmp_path: Path) -> None:
+    """A route's own next hop (a smarthost) carries every domain's mail over the same
+    connections, as Postfix's relayhost does: not one connection per recipient domain."""
+    domains = ["example.net", "other.test", "twomx.test", "sender.example"]
+    with (
+        peer_node(tmp_path / "peer") as peer,
+        sending_node(tmp_path / "out", body=route_to(peer.port) + FAST_RETRIES) as node,
+    ):
+        for number in range(12):
+            domain = domains[number % len(domains)]
+            send(node.port, SENDER, [f"user{number}@{domain}"], f"hop {number}")
+        wait_until(lambda: len(received(peer)) == 12, what="12 messages at the peer")
+        counts = peer_connections(peer)
+    assert counts["total"] <= 2, counts
+
+
+HOLD_EVERYTHING = """
+from mailwarden.policy.actions import Hold
+
+
+async def data(conn, tx, message):
+    return Hold("held until the operator releases it")
+"""
+
+
+def test_a_release_is_delivered_at_once_not_at_the_next_poll(tmp_path: Path) -> None:
+    """`queue update release` wakes the running node's workers (both of them: each owns a
+    shard): the mail goes out now, although the node would not look again for a minute."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "hold.py").write_text(HOLD_EVERYTHING)
+    port = free_port()
+    with peer_node(tmp_path / "peer") as peer:
+        config = node_config(
+            port,
+            workers=2,
+            server='script = "hold.py"\n',
+            body=route_to(peer.port) + "\n[queue]\npoll_interval = 60\n",
+        )
+        (out / "mailwarden.toml").write_text(config)
+        with node_process(out, out / "mailwarden.toml", port) as node:
+            for number in range(8):  # new connections: the kernel spreads them over workers
+                send(node.port, SENDER, [f"user{number}@example.net"], f"held {number}")
+            wait_until(
+                lambda: (
+                    len(queued(node)) == 8
+                    and all(r.recipients[0].state is RecipientState.HELD for r in queued(node))
+                ),
+                what="8 held messages",
+            )
+            released = node.mailwarden("queue", "update", "release", "--all", "--yes")
+            assert released.returncode == 0, released.stderr
+            wait_until(lambda: len(received(peer)) == 8, timeout=20, what="8 released messages")
+            wait_until(lambda: not queued(node), what="an empty sending queue")

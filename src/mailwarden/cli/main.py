@@ -10,8 +10,6 @@ same node wherever it is started.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -96,16 +94,14 @@ def reload(config: ConfigOption = None) -> None:
     """Validate the configuration and scripts as ``config check`` does, then ask the running
     node to reload them (SIGHUP). On any problem nothing is sent and the node keeps running
     what it has."""
-    from mailwarden.node import pid_file
+    from mailwarden.control import RELOAD_SIGNAL, pid_file, signal_node
 
     # The node would refuse the same problems, but only in its own log; checking here first
     # puts the file and line on the operator's terminal and an exit code on the command.
     settings = _checked(config)
-    path = pid_file(settings)
-    try:
-        pid = int(path.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    pid = signal_node(settings, RELOAD_SIGNAL)
+    if pid is None:
+        path = pid_file(settings)
         err.print(f"no running node found (pid file {path})", highlight=False, markup=False)
         raise typer.Exit(1) from None
     typer.echo(f"reload requested from process {pid}")

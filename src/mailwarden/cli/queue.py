@@ -703,6 +703,10 @@ def queue_update(
             )
     except SpoolError as error:
         raise fail(str(error)) from None
+    if outcome.recipients and action in _MAKES_DUE:
+        from mailwarden.control import wake_queue
+
+        wake_queue(settings)  # deliver now, not at the node's next poll
     if as_json:
         _print_json(outcome.document())
         return
@@ -725,6 +729,10 @@ def queue_update(
     if not selection.messages:
         lines = [_count_note(0, spool, query)]
     typer.echo("\n".join(lines))
+
+
+# The actions after which the node has mail due now (bounce: the DSN it queued).
+_MAKES_DUE = frozenset({Action.RELEASE, Action.RETRY_NOW, Action.BOUNCE})
 
 
 def _confirm(action: Action, recipients: int, messages: int) -> None:

@@ -171,6 +171,7 @@ async def seal(
     # Added byte for byte as dkimpy folded them, AAR first so that ARC-Seal ends on top.
     for field in reversed(fields):
         message.headers.add_folded(field if field.endswith(b"\r\n") else field + b"\r\n")
+    message.mark_signed("ARC-Message-Signature")  # a body edit from now on would break it
     return [field.decode("ascii").rstrip("\r\n") for field in fields]
 
 

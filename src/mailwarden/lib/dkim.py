@@ -229,6 +229,7 @@ async def sign(
     # The field is added as dkimpy folded it, byte for byte: with simple header
     # canonicalisation (RFC 6376 §3.4.1) refolding it would break it.
     message.headers.add_folded(field)
+    message.mark_signed("DKIM-Signature")  # a body edit from now on would break it
     return field.decode("ascii").rstrip("\r\n")
 
 

@@ -30,6 +30,7 @@ Modules: ``start`` (``run()``), ``supervisor`` (forking, readiness, signals, res
 
 from __future__ import annotations
 
+from mailwarden.control import pid_file
 from mailwarden.node.backoff import BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import SupervisorLink
@@ -42,7 +43,7 @@ from mailwarden.node.privileges import (
     resolve_identity,
 )
 from mailwarden.node.scripts import load_scripts
-from mailwarden.node.start import pid_file, run
+from mailwarden.node.start import run
 from mailwarden.node.supervisor import Supervisor
 from mailwarden.node.worker import ORPHAN_GRACE, Worker, run_worker
 

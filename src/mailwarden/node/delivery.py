@@ -46,6 +46,9 @@ def planner(config: Config) -> Planner:
         routes=RouteTable.from_config(config),
         helo=config.delivery.helo or config.node.hostname,
         shaping_metadata=_shaping_metadata(config),
+        shaping_by_domain=any(
+            "domain" in (*rule.fields, *rule.match) for rule in shaping_rules(config.shaping)
+        ),
     )
 
 

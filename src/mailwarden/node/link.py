@@ -9,12 +9,14 @@ import os
 import signal
 from dataclasses import dataclass
 
+from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.node.errors import StartupError
 
 # Held back (blocked) while a worker starts, until its event loop handles them: a SIGTERM that
 # arrived while the spool was opening used to kill the worker with the default action, and the
 # node then exited 1 instead of stopping cleanly. Blocked signals stay pending, not lost.
-CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# QUEUE_WAKE_SIGNAL's default action would end the process: held back with the others.
+CONTROL_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, QUEUE_WAKE_SIGNAL}
 
 # The parent-death signal of a worker (prctl PR_SET_PDEATHSIG). Not SIGKILL: the worker must
 # still stop listening and let commits in progress finish, exactly as on EOF of the pipe.

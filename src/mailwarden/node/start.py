@@ -7,16 +7,12 @@ import os
 from pathlib import Path
 
 from mailwarden import logs, stats
-from mailwarden.config import Config, load_config
+from mailwarden.config import load_config
+from mailwarden.control import pid_file
 from mailwarden.node.privileges import prepare_directories, resolve_identity
 from mailwarden.node.scripts import load_scripts
 from mailwarden.node.supervisor import Supervisor
 from mailwarden.node.worker import run_worker
-
-
-def pid_file(config: Config) -> Path:
-    """Where the running node writes its pid (read by `mailwarden reload`)."""
-    return Path(config.node.data_dir) / "mailwarden.pid"
 
 
 def run(config_path: str | None) -> int:

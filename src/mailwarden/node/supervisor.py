@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mailwarden import logs
 from mailwarden.config import Config
+from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.metrics.node import NodeMetrics
 from mailwarden.node.backoff import deaths_before, restart_delay
 from mailwarden.node.errors import StartupError
@@ -93,7 +94,7 @@ class Supervisor:
                 os.close(fd)
             raise
         previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, QUEUE_WAKE_SIGNAL)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
             for slot in self.slots:
@@ -201,6 +202,8 @@ class Supervisor:
                 self.reload_waiting = {s.pid for s in self.slots if s.pid is not None}
                 self.reload_deadline = time.monotonic() + RELOAD_REPORT_TIMEOUT
             self._forward(signum)
+        elif signum == QUEUE_WAKE_SIGNAL and not self.stopping:
+            self._forward(signum)  # each worker delivers its own shard
 
     def _forward(self, signum: int) -> None:
         for slot in self.slots:
@@ -325,7 +328,7 @@ class Supervisor:
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)  # see CONTROL_SIGNALS
             signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            for sig in (*CONTROL_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             self._selector.close()
             if self.metrics is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mailwarden import logs, stats
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
+from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
 from mailwarden.lib import dns as lib_dns
 from mailwarden.metrics.node import SERIES_INTERVAL, NodeMetrics
@@ -160,6 +161,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_requested)
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested)
+        loop.add_signal_handler(QUEUE_WAKE_SIGNAL, self._queue_wake_requested)
         if self.link is not None:
             loop.add_signal_handler(SUPERVISOR_GONE_SIGNAL, self._supervisor_gone)
             loop.add_reader(self.link.watch, self._watch_supervisor)
@@ -176,6 +178,10 @@ class Worker:
             # A replacement forked after a reload: the supervisor's configuration is the one
             # the node started with, so take what the others took on SIGHUP.
             self._reload_requested()
+
+    def _queue_wake_requested(self) -> None:
+        if self.queue is not None:
+            self.queue.wake()
 
     def _stop_requested(self) -> None:
         if self.link is None and not self.stopping.is_set():

@@ -7,11 +7,15 @@ Which hook gets which of them, and what it may answer, is the registry in
 from __future__ import annotations
 
 import io
-from collections.abc import Awaitable, Callable
+import mmap
+import os
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from mailwarden.auth.sasl import Credentials
+from mailwarden.policy import editing, mime
+from mailwarden.policy.editing import PartInfo
 from mailwarden.policy.headers import Headers
 from mailwarden.spool.states import RecipientState  # one vocabulary with the spool
 
@@ -24,6 +28,7 @@ __all__ = [
     "Helo",
     "HookResult",
     "Message",
+    "PartInfo",
     "Recipient",
     "RecipientState",
     "Sender",
@@ -259,10 +264,26 @@ class Transaction:
 
 
 class Message:
-    """The received message at end of data. ``headers`` is editable; the body is read on
-    demand, because it may live in a spool file rather than in memory."""
+    """The received message at end of data. ``headers`` is editable, and so is the body: text
+    added at its start or end, MIME parts replaced or removed. The body is read on demand,
+    because it may live in a spool file rather than in memory.
 
-    __slots__ = ("_open_body", "_separator", "body_size", "headers")
+    Until the body is edited nothing of it is copied: the spool keeps the file it was received
+    into. The first body edit maps the body (read-only, an mmap for a spool file) and builds a
+    tree of offsets into it (:mod:`mailwarden.policy.mime`); what is spooled, ``size``,
+    ``open_body()`` and ``raw()`` then give the edited body, assembled from the untouched
+    octets and the edited parts."""
+
+    __slots__ = (
+        "_body_size",
+        "_handle",
+        "_open_body",
+        "_separator",
+        "_signed_by",
+        "_source",
+        "_tree",
+        "headers",
+    )
 
     def __init__(
         self,
@@ -273,28 +294,172 @@ class Message:
         has_body: bool = True,
     ) -> None:
         self.headers = headers
-        self.body_size = body_size
+        self._body_size = body_size
         self._open_body = open_body
         # A message whose header section was never ended by a blank line has no separator.
         self._separator = b"\r\n" if has_body else b""
+        self._tree: mime.Entity | None = None
+        self._source: mime.Source = b""
+        self._handle: BinaryIO | None = None
+        self._signed_by: str | None = None
+
+    @property
+    def body_size(self) -> int:
+        """Octets of the body, edits included."""
+        if self.body_edited:
+            assert self._tree is not None
+            return mime.size(self._tree, self._source)
+        return self._body_size
 
     @property
     def size(self) -> int:
-        """Size in octets of the message as it will be stored (headers as edited so far)."""
+        """Size in octets of the message as it will be stored (headers and body as edited)."""
         return len(self.headers.to_bytes()) + len(self._separator) + self.body_size
 
+    @property
+    def body_edited(self) -> bool:
+        """Whether a body edit was made (the spool then stores the rebuilt body)."""
+        return self._tree is not None and self._tree.dirty
+
     def open_body(self) -> BinaryIO:
-        """A binary file positioned at the start of the body; close it when done."""
+        """A binary file positioned at the start of the body (as edited); close it when done."""
+        if self.body_edited:
+            return io.BufferedReader(_ChunkReader(self.body_chunks()))
         return self._open_body()
 
     async def body(self) -> bytes:
         """The whole body in memory. Mind large messages; prefer ``open_body`` to stream."""
-        with self._open_body() as handle:
+        with self.open_body() as handle:
             return handle.read()
 
     async def raw(self) -> bytes:
         """Headers (as edited so far), the blank line and the body: the message as stored."""
         return self.headers.to_bytes() + self._separator + await self.body()
+
+    # --- body edits (see docs/policy.md "Message") -------------------------------------------
+
+    async def parts(self) -> list[PartInfo]:
+        """Every part of the body in tree order, numbered as ``dlp.scan`` numbers them."""
+        return editing.describe(self._parsed(), self._source)
+
+    async def prepend_text(self, text: str, *, html: str | None = None) -> list[str]:
+        """Put ``text`` at the start of the body's text: the first text/plain part, and the
+        first text/html part (``html`` there, else ``text`` escaped, right after ``<body>``).
+        Returns the paths of the parts changed; empty if the body has no text part."""
+        changed = editing.insert_text(self._for_edit(), self._source, text, html, "start")
+        self._edited()
+        return changed
+
+    async def append_text(self, text: str, *, html: str | None = None) -> list[str]:
+        """As :meth:`prepend_text`, at the end (HTML: before ``</body>``): a footer."""
+        changed = editing.insert_text(self._for_edit(), self._source, text, html, "end")
+        self._edited()
+        return changed
+
+    async def replace_part(
+        self,
+        part: editing.PartRef | str,
+        new_content: str | bytes,
+        *,
+        content_type: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        """Replace a part (a path, a :class:`PartInfo` or a ``dlp.Part``) by ``new_content``:
+        text as text/plain unless ``content_type`` says otherwise, bytes as
+        application/octet-stream; ``filename`` makes it an attachment. Raises ValueError for
+        a part the message does not have or a malformed ``content_type``."""
+        editing.replace(
+            self._for_edit(), part, new_content, content_type=content_type, filename=filename
+        )
+        self._edited()
+
+    async def remove_part(self, part: editing.PartRef | str) -> None:
+        """Remove a part of a multipart. Raises ValueError for a part the message does not
+        have, for the only part of a multipart and for a message's body: replace those."""
+        editing.remove(self._for_edit(), part)
+        self._edited()
+
+    def body_chunks(self) -> Iterator[bytes]:
+        """The body as stored, a piece at a time (the server spools an edited body this way)."""
+        if not self.body_edited:
+            with self._open_body() as handle:
+                while piece := handle.read(1024 * 1024):
+                    yield piece
+            return
+        assert self._tree is not None
+        yield from mime.chunks(self._tree, self._source)
+
+    def close(self) -> None:
+        """Release the mapped body (the server calls this once the message is spooled)."""
+        source, self._source = self._source, b""
+        if isinstance(source, mmap.mmap):
+            source.close()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def mark_signed(self, signature: str) -> None:
+        """Record that ``signature`` (e.g. "DKIM-Signature") now covers the body: a later body
+        edit would break it, so it raises ValueError instead. :func:`mailwarden.lib.dkim.sign`
+        and :func:`mailwarden.lib.arc.seal` call this; header edits stay the script's care."""
+        self._signed_by = signature
+
+    def _for_edit(self) -> mime.Entity:
+        if self._signed_by is not None:
+            raise ValueError(
+                f"the body is covered by a {self._signed_by} already; edit it before signing"
+            )
+        return self._parsed()
+
+    def _parsed(self) -> mime.Entity:
+        if self._tree is None:
+            self._source = self._load()
+            self._tree = mime.parse(self._source, self.headers)
+        return self._tree
+
+    def _load(self) -> mime.Source:
+        handle = self._open_body()
+        if isinstance(handle, io.BytesIO):
+            with handle:
+                return handle.getvalue()
+        try:
+            fileno = handle.fileno()
+            if os.fstat(fileno).st_size == 0:
+                handle.close()
+                return b""
+            self._handle = handle
+            return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            with handle:
+                return handle.read()
+
+    def _edited(self) -> None:
+        if self.body_edited:
+            editing.ensure_mime_version(self.headers)
+            if not self._separator:
+                self._separator = b"\r\n"
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of byte strings (the edited body, streamed)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._pending = memoryview(piece)
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        return count
 
 
 def memory_body(data: bytes) -> Callable[[], BinaryIO]:

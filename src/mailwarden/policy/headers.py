@@ -68,8 +68,9 @@ class Headers:
             self._fields.append(field)
         self.modified = True
 
-    def add_folded(self, field: bytes) -> None:
-        """Add a whole field already folded by its author, byte for byte, at the top: for
+    def add_folded(self, field: bytes, *, at_top: bool = True) -> None:
+        """Add a whole field already folded by its author, byte for byte, at the top (or the
+        end, where a MIME part's content fields go, with ``at_top=False``): for
         signatures (DKIM, ARC) whose ``simple`` canonicalisation (RFC 6376 §3.4.1) a refold
         would break. Raises ValueError unless ``field`` is one field: ``Name:`` and lines that
         each continue with a space or tab (RFC 5322 §2.2.3), ending in CRLF."""
@@ -84,7 +85,10 @@ class Headers:
             line[:1] not in (b" ", b"\t") for line in lines[1:]
         ):
             raise ValueError("a folded field continues each line with a space or tab")
-        self._fields.insert(0, (text_name, field))
+        if at_top:
+            self._fields.insert(0, (text_name, field))
+        else:
+            self._fields.append((text_name, field))
         self.modified = True
 
     def set(self, name: str, value: str) -> None:

@@ -225,6 +225,11 @@ class QueueManager:
         self._limits_cache.clear()
         self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the spool now rather than at the next poll: another process (the queue
+        CLI) made messages due."""
+        self._wake.set()
+
     def _on_spool_event(self, event: SpoolEvent) -> None:
         if isinstance(event, MessageQueued):
             self._wake.set()
@@ -387,9 +392,11 @@ class QueueManager:
 
     # --- shaping ------------------------------------------------------------------------
 
-    def _fields(self, key: DestinationKey, connection: OutboundConnection | None) -> DeliveryFields:
+    def _fields(
+        self, key: DestinationKey, job: Job, connection: OutboundConnection | None
+    ) -> DeliveryFields:
         return DeliveryFields(
-            domain=key.domain,
+            domain=job.attempt.domain,  # the key drops it for a route's own next hop
             mx=connection.target.host if connection else "",
             ip=connection.target.address if connection else "",
             source_ip=(connection.source_ip if connection else "")
@@ -404,8 +411,8 @@ class QueueManager:
         """The shaping limits for an attempt, worked out at most once a second per
         destination and remote (they change only with backoff, suspensions and reloads)."""
         now = self.clock()
-        fields = self._fields(key, connection)
-        cache_key = (key, fields.mx, fields.ip, fields.source_ip)
+        fields = self._fields(key, job, connection)
+        cache_key = (key, fields.domain, fields.mx, fields.ip, fields.source_ip)
         cached = self._limits_cache.get(cache_key)
         if cached is not None and cached[0] > now:
             return cached[1]

@@ -32,7 +32,7 @@ from mailwarden.spool.records import SpoolRecord
 class DestinationKey:
     """Everything that decides whether two attempts may share a connection."""
 
-    domain: str  # the MX lookup name when ``hop`` is None
+    domain: str  # the MX lookup name when ``hop`` is None; else "" unless shaping needs it
     hop: NextHop | None
     protocol: str
     tls: TlsPolicy
@@ -80,6 +80,9 @@ class Planner:
     routes: RouteTable
     helo: str
     shaping_metadata: tuple[str, ...] = ()  # metadata keys some [[shaping]] rule groups by
+    # Some [[shaping]] rule groups by or matches on the recipient domain: then even attempts to
+    # one next hop keep apart by domain, so that a connection's slots are those of its domain.
+    shaping_by_domain: bool = False
 
     def attempt(
         self, record: SpoolRecord, domain: str, positions: Sequence[int], route: Route
@@ -135,8 +138,11 @@ class Planner:
         if attempt.source_ip:
             source = SourceAddress(attempt.source_ip, attempt.helo)
         shaping = tuple((key, str(attempt.metadata.get(key, ""))) for key in self.shaping_metadata)
+        # A next hop of the route's own (a smarthost, a mail store) takes every domain's mail
+        # over the same connections, as Postfix's relayhost does; only an MX lookup needs it.
+        keep_domain = hop is None or self.shaping_by_domain
         return DestinationKey(
-            domain=attempt.domain,
+            domain=attempt.domain if keep_domain else "",
             hop=hop,
             protocol=attempt.protocol if attempt.protocol in ("smtp", "lmtp") else "smtp",
             tls=tls,

@@ -580,13 +580,11 @@ class SmtpSession(asyncio.Protocol):
         message = Message(
             headers, writer.body_size, writer.open_body, has_body=writer.has_separator
         )
-        spec = hooks.DATA
         try:
-            action = await self._hook(spec, self.conn, self.tx, message)
-        except HookFailed:
-            assert spec.failure is not None
-            return spec.failure
-        if isinstance(action, Reject | Defer):
+            action = await self._data_hook(writer, message)
+        finally:
+            message.close()
+        if isinstance(action, Reply | Reject | Defer):
             return action
         outcome = apply_end_of_data(action, self.tx.recipients)
         kept, text = outcome.kept, outcome.text
@@ -623,6 +621,29 @@ class SmtpSession(asyncio.Protocol):
         if text:
             return replies.MESSAGE_QUEUED.with_text(text)
         return replies.MESSAGE_QUEUED.with_text(f"Message queued as {self.tx.id}")
+
+    async def _data_hook(self, writer: MessageWriter, message: Message) -> Any:
+        """The data hook's action; a body the script edited replaces the received one in the
+        writer first (only then is the body copied: an untouched one stays where it is)."""
+        spec = hooks.DATA
+        try:
+            action = await self._hook(spec, self.conn, self.tx, message)
+        except HookFailed:
+            assert spec.failure is not None
+            return spec.failure
+        if isinstance(action, Reject | Defer) or not message.body_edited:
+            return action
+        try:
+            if message.body_size > self.snapshot.spool_settings.memory_threshold:
+                # Megabytes to copy to a file: off the event loop, as the spool's fsync is.
+                await asyncio.to_thread(writer.replace_body, message.body_chunks())
+            else:
+                writer.replace_body(message.body_chunks())
+        except SpoolError as error:
+            counters.spool_errors += 1
+            log.error("%s: edited body not stored: %s", self.tx.id if self.tx else "?", error)
+            return error.reply
+        return action
 
     async def _on_message_aborted(self, event: events.MessageAborted) -> None:
         if self.writer is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -111,6 +111,31 @@ class MessageWriter:
             self.discard()
             raise SpoolError(reply_for_os_error(error), str(error)) from error
         self._body = bytearray()
+
+    def replace_body(self, pieces: Iterable[bytes]) -> None:
+        """Store ``pieces`` as the body instead of what was received (a body the data hook
+        edited): in memory up to the threshold, else in a new spill file beside the old one,
+        which is removed once the new body is written. Raises SpoolError for local I/O
+        failures, leaving no new file behind."""
+        old_fd, old_path = self._fd, self._spill_path if self._fd is not None else None
+        self._fd, self._body, self.body_size = None, bytearray(), 0
+        if old_path is not None:
+            self._spill_path = old_path.with_name(old_path.name + "-edited")
+        try:
+            for piece in pieces:
+                self._write_body(piece)
+        except BaseException:
+            self.discard()
+            self._fd, self._spill_path = old_fd, old_path
+            raise
+        if self.body_size:
+            self.has_separator = True
+        if old_fd is not None and old_path is not None:
+            os.close(old_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(old_path)
+        if self._fd is None:
+            self._spill_path = None
 
     def header_block(self) -> bytes:
         """The header section as received, each field ending in CRLF, without the blank line."""
