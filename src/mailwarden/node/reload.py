@@ -8,7 +8,8 @@ from mailwarden.smtp.server import build_ssl_context
 
 # Keys read only at start: a reload warns that they need a restart and keeps running without.
 RESTART_ONLY = {
-    "node": ("data_dir", "workers", "user", "group"),
+    # log_format too: the supervisor keeps its own, and one log should not mix two formats.
+    "node": ("data_dir", "workers", "user", "group", "log_format"),
     "spool": ("path", "fsync", "group_commit_max_batch"),
     "metrics": (
         "listen",

@@ -381,6 +381,7 @@ def run_worker(
 ) -> int:
     """Run one worker until it is told to stop. Raises StartupError if it cannot start."""
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)  # until Worker.run handles them
+    logs.set_worker(index)
     worker = Worker(config, config_path, index, reuse_port, identity, link)
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory) as runner:
