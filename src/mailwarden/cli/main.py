@@ -23,6 +23,7 @@ from rich.text import Text
 from mailwarden.cli.common import ConfigOption, err, load
 from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
+from mailwarden.cli.series import Resolution
 from mailwarden.config import Config, ConfigError
 from mailwarden.policy.script import ScriptError
 
@@ -121,14 +122,32 @@ def config_check(config: ConfigOption = None) -> None:
 def stats_command(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    series: Annotated[
+        str | None,
+        typer.Option(
+            "--series", metavar="NAME", help="Show the time series of the stat() counter NAME."
+        ),
+    ] = None,
+    resolution: Annotated[
+        Resolution | None,
+        typer.Option(help="Bucket width of --series (default: minute)."),
+    ] = None,
 ) -> None:
     """Counters summed over the node's workers (connections, messages, script errors, …, and
     the scripts' own stat() counters), counted since each worker started and published every
-    few seconds."""
+    few seconds; with --series, one stat() counter per minute, hour or day, kept across
+    restarts."""
     from mailwarden.stats import collect, collect_script, stats_dir
 
+    if resolution is not None and series is None:
+        raise typer.BadParameter("needs --series NAME", param_hint="--resolution")
     settings = load(config)
     data_dir = Path(settings.node.data_dir)
+    if series is not None:
+        from mailwarden.cli import series as series_cli
+
+        series_cli.show(data_dir, series, (resolution or Resolution.minute).value, as_json)
+        return
     totals = collect(data_dir)
     script = collect_script(data_dir)
     published = any(stats_dir(data_dir).glob("worker-*.json"))
