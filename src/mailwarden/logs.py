@@ -32,6 +32,9 @@ _FLUSH_BYTES = 64 * 1024
 CONNECTION: ContextVar[str | None] = ContextVar("mailwarden_connection", default=None)
 TRANSACTION: ContextVar[str | None] = ContextVar("mailwarden_transaction", default=None)
 
+# The format configure() chose; None before it ran (a command that is not the node).
+_line_format: str | None = None
+
 # This process's worker index as JSON: "null" in a supervisor, set by each worker at start.
 _worker = "null"
 
@@ -147,14 +150,24 @@ def configure(level: str, line_format: str = "text") -> BufferedStderrHandler:
     Raises ValueError for another format (the configuration allows only these two)."""
     if line_format not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {line_format!r}")
+    global _line_format
+    _line_format = line_format
     handler = BufferedStderrHandler(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter() if line_format == "json" else SecondCachedFormatter())
+    if line_format == "json":
+        # Python's warnings would otherwise be written to stderr as bare text lines.
+        logging.captureWarnings(True)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     return handler
+
+
+def line_format() -> str | None:
+    """ "text" or "json" once :func:`configure` ran in this process, else None."""
+    return _line_format
 
 
 def flush_all() -> None:

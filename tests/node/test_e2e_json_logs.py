@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,20 @@ def test_every_line_is_json_and_a_sessions_lines_carry_its_ids(tmp_path: Path) -
     (idle,) = [r for r in records if r["message"] == "script saw helo idle.example.net"]
     (timeout,) = [r for r in records if r["message"].endswith(": timeout")]
     assert timeout["conn"] == idle["conn"] and timeout["tx"]
+
+
+def test_a_node_that_cannot_start_says_why_in_json(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path, port)
+        config.write_text(
+            config.read_text().replace("workers = 1", 'workers = 1\nlog_format = "json"')
+        )
+        with node_process(tmp_path, config, port, wait=False) as node:
+            assert node.process.wait(timeout=30) == 1
+    records = read_lines(node.log_path)
+    assert records, "nothing was logged"
+    (failure,) = [r for r in records if r["message"].startswith("cannot start: ")]
+    assert failure["level"] == "ERROR" and str(port) in failure["message"]

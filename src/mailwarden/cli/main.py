@@ -10,6 +10,7 @@ same node wherever it is started.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -49,18 +50,25 @@ def run(config: ConfigOption = None) -> None:
     try:
         code = node.run(config)
     except ConfigError as error:
-        err.print(f"[red]configuration error[/red]\n{escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _start_failed("configuration error", "\n", error) from None
     except ScriptError as error:
-        err.print(f"[red]policy script error[/red]\n{escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
-    except node.StartupError as error:
-        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
-    except OSError as error:
-        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _start_failed("policy script error", "\n", error) from None
+    except (node.StartupError, OSError) as error:
+        raise _start_failed("cannot start", ": ", error) from None
     raise typer.Exit(code)
+
+
+def _start_failed(title: str, separator: str, error: Exception) -> typer.Exit:
+    """Say why the node did not start: as a log line once the log is JSON (so that every line
+    is), else in red on stderr. The Exit(1) to raise."""
+    from mailwarden import logs
+
+    if logs.line_format() == "json":
+        logging.getLogger("mailwarden.node").error("%s: %s", title, error)
+        logs.flush_all()
+    else:
+        err.print(f"[red]{title}[/red]{separator}{escape(str(error))}", highlight=False)
+    return typer.Exit(1)
 
 
 def _problems(settings: Config) -> list[str]:
