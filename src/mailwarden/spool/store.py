@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -147,7 +148,9 @@ class SpoolStore:
         self._pending.append((record, future))
         if not self._committing:
             self._committing = True
-            self._drain_task = loop.create_task(self._drain())
+            # In a context of its own: the batch is several sessions', so its log lines (and
+            # the events' subscribers) must not carry the ids of the session that started it.
+            self._drain_task = loop.create_task(self._drain(), context=contextvars.Context())
         started = time.perf_counter()
         await future
         # What the client waited for, group commit included; failures are not observed.
@@ -345,7 +348,9 @@ class SpoolStore:
         self._pending_outcomes.extend((owner, outcome, future) for outcome in outcomes)
         if not self._recording:
             self._recording = True
-            self._outcome_task = loop.create_task(self._drain_outcomes())
+            self._outcome_task = loop.create_task(
+                self._drain_outcomes(), context=contextvars.Context()
+            )
         await future
 
     async def _drain_outcomes(self) -> None:
