@@ -166,7 +166,7 @@ def configure(level: str, line_format: str = "text") -> BufferedStderrHandler:
 
 
 def line_format() -> str | None:
-    """ "text" or "json" once :func:`configure` ran in this process, else None."""
+    """The format :func:`configure` chose in this process ("text" or "json"), else None."""
     return _line_format
 
 
