@@ -12,6 +12,9 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
+
+from mailwarden.metrics import instruments
 
 PUBLISH_INTERVAL = 2.0
 
@@ -53,19 +56,22 @@ def stats_dir(data_dir: Path) -> Path:
     return Path(data_dir) / "stats"
 
 
-def publish(data_dir: Path, worker: int) -> None:
-    """Write this process's counters for ``mailwarden stats``. Raises OSError on failure."""
+def publish(data_dir: Path, worker: int, gauges: dict[str, Any] | None = None) -> None:
+    """Write this process's counters for ``mailwarden stats`` and ``/metrics``, with
+    ``gauges`` (what the worker reads off its servers and queue when it publishes) beside the
+    instruments of :mod:`mailwarden.metrics.instruments`. Raises OSError on failure."""
     directory = stats_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     document = {"worker": worker, "pid": os.getpid(), "updated": time.time()}
     document["counters"] = counters.as_dict()
     document["script"] = script_counters
+    document["metrics"] = {**instruments.snapshot(), **(gauges or {})}
     temporary = directory / f".worker-{worker}.json.tmp"
     temporary.write_text(json.dumps(document))
     temporary.replace(directory / f"worker-{worker}.json")
 
 
-def _documents(data_dir: Path) -> list[dict]:
+def documents(data_dir: Path) -> list[dict]:
     """Every worker's published document that could be read whole."""
     directory = stats_dir(data_dir)
     if not directory.is_dir():
@@ -84,7 +90,7 @@ def _documents(data_dir: Path) -> list[dict]:
 def collect(data_dir: Path) -> dict[str, int]:
     """The sum of every worker's published counters (zeros when none were published)."""
     total = dict.fromkeys((f.name for f in fields(Counters)), 0)
-    for document in _documents(data_dir):
+    for document in documents(data_dir):
         published = document.get("counters")
         if not isinstance(published, dict):
             continue
@@ -97,7 +103,7 @@ def collect_script(data_dir: Path) -> dict[str, dict[str, int]]:
     """The sum of every worker's script counters, ``{name: {legend: value}}``, sorted by name
     and legend (empty when no script called ``stat()``)."""
     total: dict[str, dict[str, int]] = {}
-    for document in _documents(data_dir):
+    for document in documents(data_dir):
         published = document.get("script")
         if not isinstance(published, dict):
             continue  # a file written before script counters existed

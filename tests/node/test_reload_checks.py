@@ -37,6 +37,14 @@ def test_restart_only_keys_are_named_and_reloadable_keys_are_not(tmp_path: Path)
     assert restart_only_changes(started, loaded) == ["node.workers", "spool.fsync"]
 
 
+def test_log_format_changes_only_at_restart(tmp_path: Path) -> None:
+    # The supervisor keeps the format it started with: one log must not mix two.
+    started = load_config(config_file(tmp_path, BASE, "started.toml"))
+    changed = BASE.replace('log_level = "info"', 'log_level = "info"\nlog_format = "json"')
+    loaded = load_config(config_file(tmp_path, changed, "loaded.toml"))
+    assert restart_only_changes(started, loaded) == ["node.log_format"]
+
+
 def test_nothing_to_restart_for_the_same_file(tmp_path: Path) -> None:
     path = config_file(tmp_path, BASE, "same.toml")
     assert restart_only_changes(load_config(path), load_config(path)) == []

@@ -3,6 +3,7 @@ when the subscriber hears of it), subscriber errors logged and never failing the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import replace
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from tests.spool.spool_support import RECEIVED, record
 
+from mailwarden.logs import CONNECTION, TRANSACTION
 from mailwarden.spool import reader
 from mailwarden.spool.events import (
     MessageQueued,
@@ -99,3 +101,24 @@ async def test_removing_a_spilled_message_removes_its_file(tmp_path: Path) -> No
         assert not await store.remove("big", "operator")
     finally:
         store.close()
+
+
+async def test_the_commit_batch_carries_no_sessions_log_ids(tmp_path: Path) -> None:
+    """Two sessions commit in one batch: what the batch logs (and its subscribers see) is no
+    one session's, so it has neither session's connection or transaction id."""
+    store = SpoolStore(tmp_path / "spool", 0)
+    store.open()
+    seen: list[tuple[str | None, str | None]] = []
+    store.events.subscribe(lambda event: seen.append((CONNECTION.get(), TRANSACTION.get())))
+
+    async def session(conn: str, message_id: str) -> None:
+        CONNECTION.set(conn)
+        TRANSACTION.set(message_id)
+        await store.commit(record(message_id))
+        assert (CONNECTION.get(), TRANSACTION.get()) == (conn, message_id)
+
+    try:
+        await asyncio.gather(session("c1", "m1"), session("c2", "m2"))
+    finally:
+        store.close()
+    assert seen and set(seen) == {(None, None)}

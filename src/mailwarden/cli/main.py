@@ -10,6 +10,7 @@ same node wherever it is started.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +24,7 @@ from rich.text import Text
 from mailwarden.cli.common import ConfigOption, err, load
 from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
+from mailwarden.cli.series import Resolution
 from mailwarden.config import Config, ConfigError
 from mailwarden.policy.script import ScriptError
 
@@ -48,18 +50,25 @@ def run(config: ConfigOption = None) -> None:
     try:
         code = node.run(config)
     except ConfigError as error:
-        err.print(f"[red]configuration error[/red]\n{escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _start_failed("configuration error", "\n", error) from None
     except ScriptError as error:
-        err.print(f"[red]policy script error[/red]\n{escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
-    except node.StartupError as error:
-        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
-    except OSError as error:
-        err.print(f"[red]cannot start[/red]: {escape(str(error))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise _start_failed("policy script error", "\n", error) from None
+    except (node.StartupError, OSError) as error:
+        raise _start_failed("cannot start", ": ", error) from None
     raise typer.Exit(code)
+
+
+def _start_failed(title: str, separator: str, error: Exception) -> typer.Exit:
+    """Say why the node did not start: as a log line once the log is JSON (so that every line
+    is), else in red on stderr. The Exit(1) to raise."""
+    from mailwarden import logs
+
+    if logs.line_format() == "json":
+        logging.getLogger("mailwarden.node").error("%s: %s", title, error)
+        logs.flush_all()
+    else:
+        err.print(f"[red]{title}[/red]{separator}{escape(str(error))}", highlight=False)
+    return typer.Exit(1)
 
 
 def _problems(settings: Config) -> list[str]:
@@ -121,14 +130,32 @@ def config_check(config: ConfigOption = None) -> None:
 def stats_command(
     config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    series: Annotated[
+        str | None,
+        typer.Option(
+            "--series", metavar="NAME", help="Show the time series of the stat() counter NAME."
+        ),
+    ] = None,
+    resolution: Annotated[
+        Resolution | None,
+        typer.Option(help="Bucket width of --series (default: minute)."),
+    ] = None,
 ) -> None:
     """Counters summed over the node's workers (connections, messages, script errors, …, and
     the scripts' own stat() counters), counted since each worker started and published every
-    few seconds."""
+    few seconds; with --series, one stat() counter per minute, hour or day, kept across
+    restarts."""
     from mailwarden.stats import collect, collect_script, stats_dir
 
+    if resolution is not None and series is None:
+        raise typer.BadParameter("needs --series NAME", param_hint="--resolution")
     settings = load(config)
     data_dir = Path(settings.node.data_dir)
+    if series is not None:
+        from mailwarden.cli import series as series_cli
+
+        series_cli.show(data_dir, series, (resolution or Resolution.minute).value, as_json)
+        return
     totals = collect(data_dir)
     script = collect_script(data_dir)
     published = any(stats_dir(data_dir).glob("worker-*.json"))

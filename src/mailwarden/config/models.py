@@ -44,6 +44,7 @@ from mailwarden.config.listen import (
     parse_listen_address,
 )
 from mailwarden.config.locations import KeyPath, line_of
+from mailwarden.config.metrics import MetricsSettings
 from mailwarden.config.queue import QueueSettings, ShapingRules
 from mailwarden.smtp.address import Limits
 from mailwarden.smtp.protocol import BareLineEndings, ProtocolSettings
@@ -238,6 +239,9 @@ class NodeSettings(BaseModel):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Least severe log level written."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line."
     )
     shutdown_grace: float = Field(
         30.0,
@@ -586,6 +590,7 @@ class Config(BaseModel):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     shaping: ShapingRules = Field(default_factory=list)
     library: LibrarySettings = Field(default_factory=LibrarySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)

@@ -8,8 +8,16 @@ from mailwarden.smtp.server_tls import build_server_tls
 
 # Keys read only at start: a reload warns that they need a restart and keeps running without.
 RESTART_ONLY = {
-    "node": ("data_dir", "workers", "user", "group"),
+    # log_format too: the supervisor keeps its own, and one log should not mix two formats.
+    "node": ("data_dir", "workers", "user", "group", "log_format"),
     "spool": ("path", "fsync", "group_commit_max_batch"),
+    "metrics": (
+        "listen",
+        "series",
+        "minute_retention_hours",
+        "hour_retention_days",
+        "day_retention_days",
+    ),
 }
 
 

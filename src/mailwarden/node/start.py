@@ -20,7 +20,7 @@ def run(config_path: str | None) -> int:
     a clean stop; raises ConfigError, ScriptError or StartupError (exit 1) when the
     configuration, a script, the spool, the account or a listener address is unusable."""
     config = load_config(config_path)
-    _configure_logging(config.node.log_level)
+    _configure_logging(config.node.log_level, config.node.log_format)
     identity = resolve_identity(config)
     config.check_files()  # a missing script, certificate or key: fail now, naming the key
     workers = config.node.worker_count
@@ -42,5 +42,5 @@ def run(config_path: str | None) -> int:
             pid_path.unlink()
 
 
-def _configure_logging(level: str) -> None:
-    logs.configure(level)
+def _configure_logging(level: str, line_format: str) -> None:
+    logs.configure(level, line_format)

@@ -10,11 +10,13 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailwarden import logs
 from mailwarden.config import Config
 from mailwarden.control import QUEUE_WAKE_SIGNAL
+from mailwarden.metrics.node import NodeMetrics
 from mailwarden.node.backoff import deaths_before, restart_delay
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SupervisorLink
@@ -71,9 +73,26 @@ class Supervisor:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Only this process ever holds the write end; workers see EOF when it dies.
         self._watch_read, self._watch_write = os.pipe2(os.O_CLOEXEC)
+        self.metrics: NodeMetrics | None = None
+
+    # The metrics endpoint's Watcher: its sockets share the selector with the workers' pipes.
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(fd)
 
     def run(self) -> int:
         self._selector.register(self._wake_read, selectors.EVENT_READ)
+        owner = None if self.identity is None else (self.identity.uid, self.identity.gid)
+        try:
+            self.metrics = NodeMetrics(self.config, self, owner=owner)
+        except StartupError:
+            self._selector.close()
+            for fd in (self._wake_read, self._wake_write, self._watch_read, self._watch_write):
+                os.close(fd)
+            raise
         previous_wakeup = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, QUEUE_WAKE_SIGNAL)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
@@ -88,6 +107,9 @@ class Supervisor:
                 notify("READY=1", f"MAINPID={os.getpid()}")
             self._serve()
         finally:
+            if self.metrics is not None:
+                # The workers have stopped and published their last counts: record them.
+                self.metrics.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             signal.set_wakeup_fd(previous_wakeup)
@@ -122,11 +144,15 @@ class Supervisor:
             if self.reload_deadline is not None and now >= self.reload_deadline:
                 log.warning("reload: not every worker reported back; ready again anyway")
                 self._reload_done()
+            if self.metrics is not None and now >= self.metrics.next_tick:
+                self.metrics.tick()
 
     def _next_timeout(self) -> float | None:
         moments = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
         if self.reload_deadline is not None:
             moments.append(self.reload_deadline)
+        if self.metrics is not None:
+            moments.append(self.metrics.next_tick)
         if not moments or self.stopping:
             return None
         return max(0.0, min(moments) - time.monotonic())
@@ -152,6 +178,8 @@ class Supervisor:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_read, 512):
                         pass
+            elif callable(key.data):  # the metrics endpoint's sockets
+                key.data()
             else:
                 self._read_status(key.data)
         signals, self._signals = self._signals, []
@@ -303,6 +331,8 @@ class Supervisor:
             for sig in (*CONTROL_SIGNALS, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
             self._selector.close()
+            if self.metrics is not None:
+                self.metrics.forget()
             for slot in self.slots:
                 if slot.status is not None:
                     os.close(slot.status)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden import logs, stats
@@ -19,6 +20,7 @@ from mailwarden.config import Config, ConfigError, ServerSettings, load_config
 from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
 from mailwarden.lib import dns as lib_dns
+from mailwarden.metrics.node import SERIES_INTERVAL, NodeMetrics
 from mailwarden.node.delivery import new_manager, reconfigure
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, SupervisorLink
@@ -66,6 +68,8 @@ class Worker:
         self.stopping = asyncio.Event()
         self.orphaned = False
         self.queue: QueueManager | None = None
+        # Only a worker without a supervisor serves /metrics and records the series itself.
+        self.metrics: NodeMetrics | None = None
 
     async def run(self) -> None:
         """Start (raising StartupError if the worker cannot), serve until told to stop."""
@@ -77,13 +81,36 @@ class Worker:
         finally:
             spool.close()
             with contextlib.suppress(OSError):
-                stats.publish(Path(self.config.node.data_dir), self.index)
+                stats.publish(Path(self.config.node.data_dir), self.index, self._gauges())
+            if self.metrics is not None:
+                self.metrics.close()
+
+    # The metrics endpoint's Watcher, on this worker's event loop.
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().add_reader(fd, callback)
+
+    def unwatch(self, fd: int) -> None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            asyncio.get_running_loop().remove_reader(fd)
+
+    def _tick_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.tick()
+        if not self.stopping.is_set():
+            asyncio.get_running_loop().call_later(SERIES_INTERVAL, self._tick_metrics)
+
+    def _refresh_stats(self) -> None:
+        with contextlib.suppress(OSError):  # what cannot be published now was, earlier
+            stats.publish(Path(self.config.node.data_dir), self.index, self._gauges())
 
     async def _start(self) -> SpoolStore:
         config = self.config
         sockets = bind_listeners(config, self.reuse_port)
         spool: SpoolStore | None = None
         try:
+            if self.link is None:  # bound before the drop, like the SMTP listeners
+                self.metrics = NodeMetrics(config, self, refresh=self._refresh_stats)
             if self.identity is not None:
                 drop_privileges(self.identity)
             if self.link is not None:
@@ -109,6 +136,9 @@ class Worker:
             self.queue = new_manager(config, spool, self.index, self._script_for)
             await self.queue.start()
         except BaseException:
+            if self.metrics is not None and self.metrics.endpoint is not None:
+                self.metrics.endpoint.close()
+                self.metrics = None
             if self.queue is not None:
                 await self.queue.stop(0)
             for server in self.servers.values():
@@ -122,6 +152,8 @@ class Worker:
         self._handle_signals()
         self._flush_logs()
         self._publish_stats()
+        if self.metrics is not None:
+            asyncio.get_running_loop().call_later(SERIES_INTERVAL, self._tick_metrics)
         return spool
 
     def _handle_signals(self) -> None:
@@ -217,11 +249,24 @@ class Worker:
     def _publish_stats(self) -> None:
         """Publish the counters for ``mailwarden stats`` now and again (see mailwarden.stats)."""
         try:
-            stats.publish(Path(self.config.node.data_dir), self.index)
+            stats.publish(Path(self.config.node.data_dir), self.index, self._gauges())
         except OSError as error:
             log.warning("worker %d: cannot publish statistics: %s", self.index, error)
         if not self.stopping.is_set():
             asyncio.get_running_loop().call_later(stats.PUBLISH_INTERVAL, self._publish_stats)
+
+    def _gauges(self) -> dict[str, object]:
+        """What is read off the servers and the queue when publishing, not counted per event."""
+        gauges: dict[str, object] = {
+            "connections_current": sum(len(s.sessions) for s in self.servers.values())
+        }
+        if self.queue is not None:
+            gauges["delivery"] = {
+                "delivered": self.queue.delivered,
+                "deferred": self.queue.deferred,
+                "bounced": self.queue.bounced,
+            }
+        return gauges
 
     def _flush_logs(self) -> None:
         """Write buffered log lines now and again (see mailwarden.logs)."""
@@ -331,6 +376,7 @@ def run_worker(
 ) -> int:
     """Run one worker until it is told to stop. Raises StartupError if it cannot start."""
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)  # until Worker.run handles them
+    logs.set_worker(index)
     worker = Worker(config, config_path, index, reuse_port, identity, link)
     try:
         with asyncio.Runner(loop_factory=_event_loop_factory) as runner:

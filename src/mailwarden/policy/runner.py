@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+from mailwarden.metrics.instruments import observe_hook
 from mailwarden.policy.actions import Defer, Reject
 from mailwarden.policy.hooks import HOOKS
 from mailwarden.policy.script import PolicyScript
@@ -35,12 +37,16 @@ async def call_hook(
     if hook is None:
         return None
     scope: asyncio.Timeout | None = None
+    started = time.perf_counter()
     try:
-        if timeout is None:
-            result = await hook(*args)
-        else:
-            async with asyncio.timeout(timeout) as scope:
+        try:
+            if timeout is None:
                 result = await hook(*args)
+            else:
+                async with asyncio.timeout(timeout) as scope:
+                    result = await hook(*args)
+        finally:  # every call, answered, raised or cancelled: the latency histogram's
+            observe_hook(name, time.perf_counter() - started)
     except (Reject, Defer) as action:
         result = action
     except TimeoutError:

@@ -140,8 +140,13 @@ class SmtpConnection:
     :class:`LocalProtocolError` (a ``RuntimeError``) naming the state.
     """
 
-    def __init__(self, settings: ProtocolSettings) -> None:
+    def __init__(
+        self, settings: ProtocolSettings, reply_tally: dict[int, int] | None = None
+    ) -> None:
         self.settings = settings
+        # Replies sent, by code: the caller's mapping (the worker's metrics) or our own. Counting
+        # here, where every reply is encoded, misses none, the core's own 500s and 421s included.
+        self.reply_tally: dict[int, int] = {} if reply_tally is None else reply_tally
         self._state = State.BEFORE_GREETING
         self._inbuf = bytearray()
         self._outbuf = bytearray()
@@ -235,6 +240,8 @@ class SmtpConnection:
         return out
 
     def _reply(self, reply: Reply) -> None:
+        tally = self.reply_tally
+        tally[reply.code] = tally.get(reply.code, 0) + 1
         self._outbuf += reply.encode()
 
     def _close(self, reply: Reply | None, reason: str) -> None:

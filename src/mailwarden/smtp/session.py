@@ -28,7 +28,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from mailwarden import logs
 from mailwarden.auth.sasl import Challenge, Failed, Mechanism, mechanism_for
+from mailwarden.metrics import instruments
 from mailwarden.policy import hooks
 from mailwarden.policy.actions import Accept, Defer, Reject
 from mailwarden.policy.context import (
@@ -115,13 +117,14 @@ class SmtpSession(asyncio.Protocol):
         self.snapshot = snapshot = self.server.snapshot
         self.settings = snapshot.settings
         self.script = snapshot.script
-        self.core = SmtpConnection(snapshot.protocol_settings)
+        self.core = SmtpConnection(snapshot.protocol_settings, instruments.replies)
         peer = transport.get_extra_info("peername") or ("", 0)
         local = transport.get_extra_info("sockname") or ("", 0)
         self.remote_ip = peer[0]
         refusal = self.server.admit(self)
         if refusal is not None:
             counters.connections_refused += 1
+            instruments.replies[refusal.code] = instruments.replies.get(refusal.code, 0) + 1
             log.info(
                 'connection refused: client=%s reply="%d %s %s"',
                 self.remote_ip,
@@ -243,6 +246,8 @@ class SmtpSession(asyncio.Protocol):
 
     async def _run(self) -> None:
         assert self.conn is not None
+        # This task's own context: every line logged in it (hooks and scripts too) has the id.
+        logs.CONNECTION.set(self.conn.id)
         try:
             if self._implicit_tls and await self._handshake():
                 self.core.tls_before_greeting()
@@ -555,12 +560,13 @@ class SmtpSession(asyncio.Protocol):
     async def _on_mail(self, event: events.MailFrom) -> None:
         assert self.conn is not None
         self.tx = Transaction(id=self.server.next_message_id())
+        logs.TRANSACTION.set(self.tx.id)
         sender = Sender(str(event.path.address), dict(event.path.parameters))
         action = await self._decide(
             hooks.MAIL_FROM, self.conn, self.tx, sender, detail=f" from=<{sender.address}>"
         )
         if action is ANSWERED:
-            self.tx = None
+            self._end_transaction()
             return
         reply = replies.SENDER_OK
         if isinstance(action, Accept):
@@ -649,12 +655,15 @@ class SmtpSession(asyncio.Protocol):
         finally:
             writer.discard()  # closes a spill file; a committed file was already handed over
         self.tx = None
-        if isinstance(action, Reject | Defer):
-            self._refuse(action, hooks.DATA, detail)
-            return
-        if not action.is_positive:  # a script error, a spool failure
-            self._refused(hooks.DATA, action, detail)
-        self.core.send_reply(action)
+        try:
+            if isinstance(action, Reject | Defer):
+                self._refuse(action, hooks.DATA, detail)
+                return
+            if not action.is_positive:  # a script error, a spool failure
+                self._refused(hooks.DATA, action, detail)
+            self.core.send_reply(action)
+        finally:
+            logs.TRANSACTION.set(None)  # after the refusal's line, which is the transaction's
 
     async def _end_of_data(self, writer: MessageWriter) -> Reply | Reject | Defer:
         """Decide on and store a complete message; the reply (or refusal) to send."""
@@ -745,13 +754,18 @@ class SmtpSession(asyncio.Protocol):
                 f" id={self.tx.id}" if self.tx is not None else "",
                 event.reason,
             )
-        self.tx = None
+        self._end_transaction()
 
     async def _on_reset(self, event: events.TransactionReset) -> None:
         if self.writer is not None:
             self.writer.discard()
             self.writer = None
+        self._end_transaction()
+
+    def _end_transaction(self) -> None:
+        """The transaction is over (refused, aborted, reset): later lines carry no tx id."""
         self.tx = None
+        logs.TRANSACTION.set(None)
 
     async def _on_vrfy(self, event: events.Vrfy) -> None:
         assert self.conn is not None
@@ -793,6 +807,13 @@ class SmtpSession(asyncio.Protocol):
         elif self._busy:
             self._hang_up()
 
+    def _log_ids(self) -> dict[str, str | None]:
+        """The ids of a line logged outside the session's task (see mailwarden.logs)."""
+        return {
+            "conn": self.conn.id if self.conn else None,
+            "tx": self.tx.id if self.tx else None,
+        }
+
     def sweep(self, now: float) -> None:
         """The listener's once-a-second check: a hook past ``hook_timeout`` is cancelled; a
         client idle past its timeout (RFC 5321 §4.5.3.2) gets 421 4.4.2. The timeouts are those
@@ -804,7 +825,12 @@ class SmtpSession(asyncio.Protocol):
         limits = self.settings.limits
         timeout = limits.data_timeout if self.core.in_data else limits.command_timeout
         if now - self._last_activity > timeout:
-            log.info("connection %s: timeout", self.conn.id if self.conn else "?")
+            # Called by the listener's sweep, outside the session's task: the ids go explicitly.
+            log.info(
+                "connection %s: timeout",
+                self.conn.id if self.conn else "?",
+                extra=self._log_ids(),
+            )
             self.expire(replies.TIMEOUT, "timeout")
 
 
