@@ -18,7 +18,7 @@ import pytest
 
 import mailwarden
 from mailwarden.delivery.errors import DeliveryReply
-from mailwarden.queue.limits import NodeLimits
+from mailwarden.queue.limits import WAITING_TTL, NodeLimits
 from mailwarden.queue.shaping import (
     BackoffState,
     DeliveryFields,
@@ -139,6 +139,7 @@ def test_a_process_waiting_for_a_slot_gets_its_share(tmp_path, limits):
     waiter = child("want", tmp_path / "queue", key, stdin=subprocess.PIPE)
     try:
         assert waiter.stdout.readline().strip() == "wanting"
+        time.sleep(WAITING_TTL)  # what should_yield found out last is reused that long
         # Holding 4 of 4 while another waits: beyond the share (2), give back.
         assert limits.should_yield(slots[0], more_waiting=True)
         slots.pop().release()
@@ -149,6 +150,7 @@ def test_a_process_waiting_for_a_slot_gets_its_share(tmp_path, limits):
         waiter.stdin.write("stop\n")
         waiter.stdin.flush()
         assert waiter.stdout.readline().strip() == "satisfied"
+        time.sleep(WAITING_TTL)
         assert not limits.should_yield(slots[0], more_waiting=False)
         assert limits.acquire_connection(key, 4) is not None
     finally:
@@ -166,6 +168,7 @@ def test_a_dead_waiter_no_longer_holds_back_the_others(tmp_path, limits):
     finally:
         waiter.send_signal(signal.SIGKILL)
         waiter.wait(timeout=30)
+    time.sleep(WAITING_TTL)
     assert held is not None and not limits.should_yield(held, more_waiting=False)
     assert limits.acquire_connection(key, 2) is not None
     assert limits.connections(key) == 2  # the waiter's mark is not counted as a connection

@@ -81,6 +81,7 @@ from mailwarden.queue.shaping import (
 # off_t l_len, pid_t l_pid, padded to 32 bytes.
 _FLOCK = "hhqqi4x"
 DEMAND_BASE = 1 << 40  # byte DEMAND_BASE + pid: that process waits for a slot of the key
+WAITING_TTL = 0.05  # seconds should_yield reuses what it found about waiting processes
 _BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's (microseconds long) write
 _LIMITS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, tat REAL NOT NULL) WITHOUT ROWID;
@@ -148,6 +149,7 @@ class NodeLimits:
         self._files: dict[str, int] = {}  # key -> descriptor of its lock file, kept open
         self._held: dict[str, set[int]] = {}  # key -> slot indexes this process holds
         self._wanting: dict[str, int] = {}  # key -> destinations of this process waiting
+        self._waiting_seen: dict[str, tuple[float, int]] = {}  # key -> (until, others waiting)
         # Setting up the databases (WAL mode, tables) takes locks that SQLite does not wait
         # for; workers starting together take turns here instead.
         with (self.directory / "init.lock").open("a") as init:
@@ -266,7 +268,14 @@ class NodeLimits:
             descriptor = self._files.get(slot.key)
             if descriptor is None:
                 return False
-            wanting = _other_locks(descriptor, DEMAND_BASE, None, end=None)
+            # Asked after every message: the answer is reused for WAITING_TTL seconds.
+            now = time.monotonic()
+            cached = self._waiting_seen.get(slot.key)
+            if cached is not None and cached[0] > now:
+                wanting = cached[1]
+            else:
+                wanting = _other_locks(descriptor, DEMAND_BASE, None, end=None)
+                self._waiting_seen[slot.key] = (now + WAITING_TTL, wanting)
             if not wanting:
                 return False
             return not more_waiting or len(self._held.get(slot.key, ())) > _share(

@@ -276,15 +276,21 @@ def apply_outcomes(
 
 
 def next_due(db: sqlite3.Connection, now: float) -> float | None:
-    """The earliest next attempt of a deliverable recipient of a message no live lease holds,
-    or None when nothing is waiting."""
-    states = sorted(state.value for state in DELIVERABLE)
-    row = db.execute(
-        "SELECT min(r.next_attempt) FROM recipients AS r JOIN messages AS m ON m.id = r.message_id"
-        " WHERE r.state IN (?, ?) AND (m.lease_until IS NULL OR m.lease_until <= ?)",
-        (*states, now),
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+    """When something next falls due after ``now``: the earliest later next attempt of a
+    deliverable recipient, a leased message's at its lease's end (see ``lease``); None when
+    nothing waits. The queue manager asks this once nothing more is due at ``now``, so a
+    recipient due at ``now`` already belongs to a leased message; one index seek per state,
+    whatever the number of messages in flight."""
+    found = [
+        row[0]
+        for state in _DELIVERABLE
+        for row in db.execute(
+            "SELECT next_attempt FROM recipients WHERE state = ? AND next_attempt > ?"
+            " ORDER BY next_attempt LIMIT 1",
+            (state, now),
+        )
+    ]
+    return float(min(found)) if found else None
 
 
 __all__ = [
