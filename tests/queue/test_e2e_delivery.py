@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from tests.queue.delivery_support import (
@@ -295,3 +296,27 @@ def test_an_idle_connection_gives_its_slot_to_the_worker_waiting_for_it(tmp_path
             released = node.mailwarden("queue", "update", "release", "--all", "--yes")
             assert released.returncode == 0, released.stderr
             wait_until(lambda: len(received(peer)) == 12, timeout=20, what="12 released messages")
+
+
+def test_a_connection_the_remote_timed_out_while_idle_is_replaced_not_failed(
+    tmp_path: Path,
+) -> None:
+    """The peer drops idle sessions after 1 s (421); the sender keeps connections for 30 s.
+    The next message meets the 421 on the reused connection at MAIL FROM: it goes out at
+    once on a new connection, neither deferred (the retry would be a minute later) nor
+    counted as an attempt."""
+    idle_peer = "\n[servers.limits]\ncommand_timeout = 1\n"
+    with (
+        peer_node(tmp_path / "peer", server=idle_peer) as peer,
+        sending_node(
+            tmp_path / "out", body=route_to(peer.port) + "\n[delivery]\nidle_timeout = 30\n"
+        ) as node,
+    ):
+        send(node.port, SENDER, ["first@example.net"], "first")
+        wait_until(lambda: len(received(peer)) == 1, what="the first message at the peer")
+        time.sleep(2.5)  # the peer has timed the idle connection out meanwhile
+        before = peer_connections(peer)["total"]
+        send(node.port, SENDER, ["second@example.net"], "second")
+        wait_until(lambda: len(received(peer)) == 2, timeout=15, what="the second message")
+        wait_until(lambda: not queued(node), what="an empty sending queue")
+        assert peer_connections(peer)["total"] == before + 1  # one new connection for it

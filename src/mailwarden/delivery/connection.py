@@ -400,7 +400,8 @@ class OutboundConnection:
             self._broken = True
             closing = self._machine.next_event()
             if not done.delivered and isinstance(closing, ServerClosing):
-                raise self._remote_error(closing.reply, "data" if done.mail_reply else "mail")
+                stage = _STAGE_OF.get(closing.answered, "data")  # the command it answered
+                raise self._remote_error(closing.reply, stage)
         return done
 
     async def close(self) -> None:
@@ -444,7 +445,10 @@ class OutboundConnection:
                 return event  # type: ignore[return-value]
             if isinstance(event, ServerClosing):
                 self._broken = True
-                raise self._remote_error(event.reply, _STAGE_OF.get(self._awaited, "mail"))
+                # The stage of the command the 421 answered: with PIPELINING a 421 to MAIL
+                # arrives while DATA is awaited too, and nothing of the message was sent.
+                stage = _STAGE_OF.get(event.answered or self._awaited, "mail")
+                raise self._remote_error(event.reply, stage)
             if isinstance(event, ConnectionClosed):
                 raise self._lost("the connection closed")
 

@@ -114,6 +114,7 @@ class Job:
     positions: list[int]
     key: DestinationKey | None = None
     route_tls: TlsPolicy | None = None
+    fresh_retry: bool = False  # sent again on a new connection after a stale reused one
 
     def envelope(self) -> Envelope:
         record = self.run.leased.record

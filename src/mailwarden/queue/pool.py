@@ -159,6 +159,14 @@ class Destination:
             while job is not None:
                 await manager.pace(self.key, job, connection)
                 sent = await self._send(job, connection)
+                if connect_seconds is None and _went_stale(sent) and not job.fresh_retry:
+                    # The remote closed the reused connection while it was idle (its 421
+                    # or its close is read only now): nothing of this transaction reached
+                    # it, so it goes again, first, on a new connection, not counted as an
+                    # attempt (as Postfix does with a cached connection).
+                    job.fresh_retry = True
+                    self.jobs.appendleft(job)
+                    break
                 if connect_seconds is not None:
                     sent.connect_seconds, connect_seconds = connect_seconds, None
                 else:
@@ -264,6 +272,18 @@ class Destination:
     @property
     def idle(self) -> bool:
         return not self.jobs and self.connections == 0
+
+
+def _went_stale(sent: Sent) -> bool:
+    """A 421 or a lost connection before the message data: what a reused connection the
+    remote timed out meets at its next MAIL FROM (the client machine gives a 421 to MAIL as
+    the transaction's MAIL reply, then the close)."""
+    if sent.done is not None:
+        return sent.done.mail_reply.code == 421
+    error = sent.error
+    if error is None or error.permanent or error.stage != "mail":
+        return False
+    return error.reply.code == 421 or error.reply.enhanced == "4.4.2"
 
 
 def _expire(waiter: asyncio.Future[Job | None]) -> None:

@@ -358,9 +358,11 @@ class QuitDone:
 
 @dataclass(frozen=True)
 class ServerClosing:
-    """A 421: the server is closing the connection (RFC 5321 §3.8)."""
+    """A 421: the server is closing the connection (RFC 5321 §3.8). ``answered``: the
+    command it came as the reply to ("mail", "data", "data_end", …; "" unsolicited)."""
 
     reply: ServerReply
+    answered: str = ""
 
 
 @dataclass(frozen=True)
@@ -897,7 +899,7 @@ class SmtpClientConnection:
             txn.failed = txn.failed or reply
             self._finish()
         self.state = ClientState.CLOSING
-        self._events.append(ServerClosing(reply))
+        self._events.append(ServerClosing(reply, kind))
 
     # ------------------------------------------------------------ plumbing
 
