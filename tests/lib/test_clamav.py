@@ -1,0 +1,178 @@
+"""clamav.scan against a real clamd (Debian's clamav-daemon, a one-signature test database):
+clean and infected messages over TCP and a unix socket, the message as edited, the stream
+limit, a daemon that is down, one that hangs and one that answers garbage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from tests.support.scanners import (
+    CLAMD_SIGNATURE,
+    CLAMD_STREAM_MAX,
+    EICAR,
+    ClamdServer,
+    closed_port,
+    silent_server,
+)
+
+from mailwarden.config.library import LibrarySettings
+from mailwarden.lib import ScannerError, backends, clamav, scanners
+from mailwarden.policy.context import Message, memory_body
+from mailwarden.policy.headers import Headers
+
+# clamd names a signature from an unsigned database with this suffix.
+FOUND = f"{CLAMD_SIGNATURE}.UNOFFICIAL"
+
+
+def build(text: str, attachment: bytes | None = None) -> bytes:
+    message = EmailMessage()
+    message["From"] = "alice@sender.example"
+    message["To"] = "bob@example.org"
+    message["Subject"] = "the file"
+    message.set_content(text)
+    if attachment is not None:
+        message.add_attachment(
+            attachment, maintype="application", subtype="octet-stream", filename="eicar.com"
+        )
+    return message.as_bytes().replace(b"\n", b"\r\n")
+
+
+def as_message(raw: bytes) -> Message:
+    """The object a data hook gets, for a message given as bytes."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return Message(Headers.parse(head + b"\r\n"), len(body), memory_body(body))
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def address(request: pytest.FixtureRequest, clamd: ClamdServer) -> str:
+    return clamd.address if request.param == "tcp" else str(clamd.socket_path)
+
+
+async def test_clean_message_is_clean(address: str) -> None:
+    result = await clamav.scan(as_message(build("Nothing to see here.")), address=address)
+    assert result == clamav.ClamResult(clean=True, virus=None)
+
+
+async def test_eicar_attachment_is_found_by_name(address: str) -> None:
+    result = await clamav.scan(as_message(build("See attached.", EICAR)), address=address)
+    assert not result.clean
+    assert result.virus == FOUND
+
+
+async def test_raw_bytes_are_scanned_too(clamd: ClamdServer) -> None:
+    assert (await clamav.scan(build("hi", EICAR), address=clamd.address)).virus == FOUND
+    assert (await clamav.scan(build("hi"), address=clamd.address)).clean
+
+
+async def test_the_message_as_edited_is_scanned(clamd: ClamdServer) -> None:
+    message = as_message(build("See attached.", EICAR))
+    assert not (await clamav.scan(message, address=clamd.address)).clean
+    await message.remove_part("2")  # the script strips the attachment
+    assert (await clamav.scan(message, address=clamd.address)).clean
+
+
+async def test_virus_past_the_first_chunks_is_found(clamd: ClamdServer) -> None:
+    # Many INSTREAM chunks (64 KiB each): the signature sits well after the first ones.
+    filler = ("All work and no play makes Jack a dull boy.\n" * 8000).strip()
+    raw = build(filler, EICAR)
+    assert len(raw) > 5 * scanners.CHUNK_SIZE
+    assert (await clamav.scan(as_message(raw), address=clamd.address)).virus == FOUND
+    assert (await clamav.scan(as_message(build(filler)), address=clamd.address)).clean
+
+
+async def test_message_over_stream_max_length_is_refused(clamd: ClamdServer) -> None:
+    raw = build("x" * (CLAMD_STREAM_MAX + 100_000))
+    with pytest.raises(scanners.ScannerRefused) as refused:
+        await clamav.scan(as_message(raw), address=clamd.address)
+    assert "size limit exceeded" in str(refused.value)
+    assert "StreamMaxLength" in str(refused.value)
+    assert isinstance(refused.value, ScannerError)
+    assert refused.value.scanner == "clamd" and refused.value.address == clamd.address
+
+
+async def test_daemon_down_is_a_scanner_error(tmp_path: Path) -> None:
+    down = closed_port()
+    with pytest.raises(scanners.ScannerUnavailable, match="cannot connect") as caught:
+        await clamav.scan(build("hi"), address=down)
+    assert caught.value.address == down
+    with pytest.raises(ScannerError, match="cannot connect"):
+        await clamav.scan(build("hi"), address=str(tmp_path / "no-such.sock"))
+
+
+async def test_silent_daemon_times_out_within_the_timeout() -> None:
+    with silent_server() as address:
+        started = time.monotonic()
+        with pytest.raises(scanners.ScannerTimeout, match=r"no verdict within 0\.5s"):
+            await clamav.scan(build("hi"), address=address, timeout=0.5)
+        assert time.monotonic() - started < 2
+
+
+@asynccontextmanager
+async def answering(reply: bytes) -> AsyncIterator[str]:
+    """A server that reads the command and answers ``reply``: something that is not clamd."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_garbage_answer_is_a_protocol_error() -> None:
+    async with answering(b"HTTP/1.1 400 Bad Request\r\n\r\n") as address:
+        with pytest.raises(scanners.ScannerProtocolError, match="not a clamd verdict"):
+            await clamav.scan(build("hi"), address=address)
+    async with answering(b"") as address:
+        with pytest.raises(scanners.ScannerUnavailable, match="without a verdict"):
+            await clamav.scan(build("hi"), address=address)
+
+
+async def test_address_and_timeout_come_from_library_settings(
+    clamd: ClamdServer, tmp_path: Path
+) -> None:
+    settings = LibrarySettings(clamd_address=str(clamd.socket_path), scanner_timeout=5.0)
+    backends.configure(settings, tmp_path)
+    try:
+        assert (await clamav.scan(build("hi", EICAR))).virus == FOUND
+    finally:
+        scanners.configure(None)
+    # Back to Debian's default socket, which is not running here.
+    assert scanners.settings().clamd_address == "/var/run/clamav/clamd.ctl"
+
+
+async def test_bad_arguments_are_the_scripts_bug() -> None:
+    with pytest.raises(ValueError, match="host:port or a unix socket path"):
+        await clamav.scan(build("hi"), address="localhost")
+    with pytest.raises(ValueError, match="timeout"):
+        await clamav.scan(build("hi"), address="127.0.0.1:3310", timeout=0)
+    with pytest.raises(TypeError, match="message or bytes"):
+        await clamav.scan("text", address="127.0.0.1:3310")  # type: ignore[arg-type]
+
+
+@given(st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1))
+def test_verdict_lines_parse_back(name: str) -> None:
+    name = name.strip()
+    assume(name and not name.endswith((" FOUND", " ERROR")))
+    reply = f"stream: {name} FOUND\0".encode()
+    assert clamav.parse_reply(reply, "test") == clamav.ClamResult(clean=False, virus=name)
+
+
+@given(st.binary(max_size=300))
+def test_any_answer_is_a_verdict_or_a_scanner_error(reply: bytes) -> None:
+    try:
+        result = clamav.parse_reply(reply, "test")
+    except ScannerError:
+        return
+    assert result.clean == (result.virus is None)
