@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests.support.dns_server import DnsServer, dns_server
-from tests.support.scanners import ClamdServer, clamd_server
+from tests.support.scanners import ClamdServer, SpamdServer, clamd_server, spamd_server
 from tests.support.state_servers import (
     PostgresServer,
     RedisServer,
@@ -148,4 +148,10 @@ def postgres(postgres_session: PostgresServer) -> PostgresServer:
 @pytest.fixture(scope="session")
 def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
     with clamd_server(tmp_path_factory.mktemp("clamd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def spamd() -> Iterator[SpamdServer]:
+    with spamd_server() as server:
         yield server

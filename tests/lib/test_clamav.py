@@ -4,11 +4,7 @@ limit, a daemon that is down, one that hangs and one that answers garbage."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -19,36 +15,18 @@ from tests.support.scanners import (
     CLAMD_STREAM_MAX,
     EICAR,
     ClamdServer,
+    answering,
+    as_message,
+    build,
     closed_port,
     silent_server,
 )
 
 from mailwarden.config.library import LibrarySettings
 from mailwarden.lib import ScannerError, backends, clamav, scanners
-from mailwarden.policy.context import Message, memory_body
-from mailwarden.policy.headers import Headers
 
 # clamd names a signature from an unsigned database with this suffix.
 FOUND = f"{CLAMD_SIGNATURE}.UNOFFICIAL"
-
-
-def build(text: str, attachment: bytes | None = None) -> bytes:
-    message = EmailMessage()
-    message["From"] = "alice@sender.example"
-    message["To"] = "bob@example.org"
-    message["Subject"] = "the file"
-    message.set_content(text)
-    if attachment is not None:
-        message.add_attachment(
-            attachment, maintype="application", subtype="octet-stream", filename="eicar.com"
-        )
-    return message.as_bytes().replace(b"\n", b"\r\n")
-
-
-def as_message(raw: bytes) -> Message:
-    """The object a data hook gets, for a message given as bytes."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return Message(Headers.parse(head + b"\r\n"), len(body), memory_body(body))
 
 
 @pytest.fixture(params=["tcp", "unix"])
@@ -113,21 +91,6 @@ async def test_silent_daemon_times_out_within_the_timeout() -> None:
         with pytest.raises(scanners.ScannerTimeout, match=r"no verdict within 0\.5s"):
             await clamav.scan(build("hi"), address=address, timeout=0.5)
         assert time.monotonic() - started < 2
-
-
-@asynccontextmanager
-async def answering(reply: bytes) -> AsyncIterator[str]:
-    """A server that reads the command and answers ``reply``: something that is not clamd."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        writer.write(reply)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 async def test_garbage_answer_is_a_protocol_error() -> None:

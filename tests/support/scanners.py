@@ -8,15 +8,24 @@ second: clamd gets one .ndb signature for the EICAR test file, spamd and rspamd 
 
 from __future__ import annotations
 
+import asyncio
+import os
+import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
 from tests.support.node import free_port
+
+from mailwarden.policy.context import Message, memory_body
+from mailwarden.policy.headers import Headers
 
 # The EICAR anti-virus test file (eicar.org): harmless, and detected by every scanner.
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -26,6 +35,44 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 CLAMD_SIGNATURE = "Mailwarden.Test.EICAR"
 # clamd reads StreamMaxLength with a unit; the tests send more than this to see it refused.
 CLAMD_STREAM_MAX = 1024 * 1024
+
+
+def build(text: str, attachment: bytes | None = None, subject: str = "the file") -> bytes:
+    """A message as a client sends it (CRLF line ends), with an attachment when given."""
+    message = EmailMessage()
+    message["From"] = "alice@sender.example"
+    message["To"] = "bob@example.org"
+    message["Subject"] = subject
+    message["Date"] = "Thu, 03 Dec 2026 12:00:00 +0000"
+    message["Message-ID"] = "<test.1@sender.example>"
+    message.set_content(text)
+    if attachment is not None:
+        message.add_attachment(
+            attachment, maintype="application", subtype="octet-stream", filename="eicar.com"
+        )
+    return message.as_bytes().replace(b"\n", b"\r\n")
+
+
+def as_message(raw: bytes) -> Message:
+    """The object a data hook gets, for a message given as bytes."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return Message(Headers.parse(head + b"\r\n"), len(body), memory_body(body))
+
+
+@asynccontextmanager
+async def answering(reply: bytes) -> AsyncIterator[str]:
+    """``127.0.0.1:PORT`` of a server that reads a little and answers ``reply``, then closes:
+    something that is not the scanner the test expects there."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -102,6 +149,71 @@ def clamd_server(directory: Path) -> Iterator[ClamdServer]:
         yield ClamdServer(port, socket_path, directory)
     finally:
         _stop(process)
+
+
+@dataclass
+class SpamdServer:
+    port: int
+    directory: Path
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def _spamd_pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING SPAMC/1.5\r\n\r\n")
+            return sock.recv(64).startswith(b"SPAMD/1.5 0 PONG")
+    except OSError:
+        return False
+
+
+# Our site configuration: the Check plugin (the one a scan needs), the default threshold, no
+# Bayes and no auto-whitelist, so that a verdict depends on the rules alone.
+SPAMD_INIT_PRE = "loadplugin Mail::SpamAssassin::Plugin::Check\n"
+SPAMD_LOCAL_CF = "required_score 5.0\nuse_bayes 0\nbayes_auto_learn 0\n"
+# Debian's spamassassin package ships its rules here (never sa-update in the tests).
+SPAMD_RULES = "/usr/share/spamassassin"
+
+
+@contextmanager
+def spamd_server() -> Iterator[SpamdServer]:
+    """spamd on 127.0.0.1:PORT with the rules Debian ships, our site configuration, local
+    tests only (no DNS or network checks) and no user configuration; one child."""
+    # As root spamd runs as another account (nobody) from the start, so its configuration must
+    # be readable by it: under /tmp itself, not below pytest's root-only tmp_path.
+    directory = Path(tempfile.mkdtemp(prefix="mailwarden-spamd-"))
+    account: list[str] = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        account = ["--username", "nobody"]
+    try:
+        site = directory / "site"
+        site.mkdir(mode=0o755)
+        (site / "init.pre").write_text(SPAMD_INIT_PRE)
+        (site / "local.cf").write_text(SPAMD_LOCAL_CF)
+        port = free_port()
+        log = directory / "spamd.log"
+        command = [
+            *("spamd", "--configpath", SPAMD_RULES, "--siteconfigpath", str(site)),
+            *("--local", "--nouser-config", "--listen", f"127.0.0.1:{port}", *account),
+            *("--max-children", "1", "--min-children", "1"),
+            *("--min-spare", "1", "--max-spare", "1"),
+            *("--syslog", str(log), "--pidfile", str(directory / "spamd.pid")),
+            f"--helper-home-dir={directory}",
+        ]
+        with open(directory / "spamd.out", "wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            _wait_until(lambda: _spamd_pong(port), process, "spamd", directory / "spamd.out")
+            yield SpamdServer(port, directory)
+        finally:
+            _stop(process)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager

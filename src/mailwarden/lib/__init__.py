@@ -7,7 +7,19 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import arc, authres, clamav, dkim, dlp, dmarc, dns, http, lists, spf
+from mailwarden.lib import (
+    arc,
+    authres,
+    clamav,
+    dkim,
+    dlp,
+    dmarc,
+    dns,
+    http,
+    lists,
+    spamassassin,
+    spf,
+)
 from mailwarden.lib.backends import BackendError
 from mailwarden.lib.cache import cache
 from mailwarden.lib.datastore import datastore
@@ -33,6 +45,7 @@ __all__: list[str] = [
     "load_list",
     "rate",
     "rate_reset",
+    "spamassassin",
     "spf",
     "stat",
 ]
