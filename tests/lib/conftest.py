@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 from tests.support.dns_server import DnsServer, dns_server
-from tests.support.scanners import ClamdServer, SpamdServer, clamd_server, spamd_server
+from tests.support.scanners import (
+    ClamdServer,
+    RspamdServer,
+    SpamdServer,
+    clamd_server,
+    rspamd_server,
+    spamd_server,
+)
 from tests.support.state_servers import (
     PostgresServer,
     RedisServer,
@@ -154,4 +161,10 @@ def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
 @pytest.fixture(scope="session")
 def spamd() -> Iterator[SpamdServer]:
     with spamd_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rspamd_daemon() -> Iterator[RspamdServer]:
+    with rspamd_server() as server:
         yield server

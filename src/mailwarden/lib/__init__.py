@@ -17,6 +17,7 @@ from mailwarden.lib import (
     dns,
     http,
     lists,
+    rspamd,
     spamassassin,
     spf,
 )
@@ -45,6 +46,7 @@ __all__: list[str] = [
     "load_list",
     "rate",
     "rate_reset",
+    "rspamd",
     "spamassassin",
     "spf",
     "stat",
