@@ -14,6 +14,7 @@ scanned, so it must not be accepted as clean).
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -25,9 +26,8 @@ from mailwarden.lib.scanners import (
     ScannerUnavailable,
     check_message,
     check_timeout,
-    close_stream,
     message_chunks,
-    open_stream,
+    open_socket,
     settings,
 )
 from mailwarden.policy.context import Message
@@ -69,31 +69,44 @@ async def scan(
 
 
 async def _instream(message: Message | bytes, address: str) -> bytes:
-    reader, writer = await open_stream(SCANNER, address)
+    loop = asyncio.get_running_loop()
+    sock = await open_socket(SCANNER, address)
+    # The verdict is awaited while the message is still being sent: clamd answers and closes
+    # as soon as the stream is over its StreamMaxLength, and we stop sending then.
+    verdict = asyncio.ensure_future(_read_verdict(loop, sock, address))
     try:
         try:
-            writer.write(b"zINSTREAM\0")
+            await loop.sock_sendall(sock, b"zINSTREAM\0")
             for chunk in message_chunks(message):
+                if verdict.done():
+                    break
                 if chunk:
-                    writer.write(struct.pack(">I", len(chunk)) + chunk)
-                    await writer.drain()  # flow control: hold at most a socket buffer
-            writer.write(struct.pack(">I", 0))
-            await writer.drain()
+                    await loop.sock_sendall(sock, struct.pack(">I", len(chunk)) + chunk)
+            else:
+                await loop.sock_sendall(sock, struct.pack(">I", 0))
         except OSError:
-            # clamd stops reading and closes once the stream is over its StreamMaxLength;
-            # its reason is already in our receive buffer, so read it before giving up.
-            pass
-        try:
-            reply = await reader.readuntil(b"\0")
-        except asyncio.IncompleteReadError as partial:
-            reply = partial.partial
-        except asyncio.LimitOverrunError:
-            reply = await reader.read(MAX_REPLY)
-        except OSError as error:
-            raise ScannerUnavailable(SCANNER, address, f"connection lost: {error}") from None
+            pass  # clamd closed the connection: its verdict, if any, says why
+        return await verdict
     finally:
-        await close_stream(writer)
-    return reply
+        verdict.cancel()
+        sock.close()
+
+
+async def _read_verdict(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: str
+) -> bytes:
+    received = b""
+    while b"\0" not in received and len(received) < MAX_REPLY:
+        try:
+            piece = await loop.sock_recv(sock, 4096)
+        except OSError as error:
+            if received:
+                break  # a reset after the answer: the answer stands
+            raise ScannerUnavailable(SCANNER, address, f"connection lost: {error}") from None
+        if not piece:
+            break
+        received += piece
+    return received
 
 
 def parse_reply(reply: bytes, address: str) -> ClamResult:

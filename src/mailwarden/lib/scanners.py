@@ -13,7 +13,7 @@ override them with ``address=`` / ``url=`` and ``timeout=``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,7 +38,7 @@ __all__ = [
     "configure",
     "message_bytes",
     "message_chunks",
-    "open_stream",
+    "open_socket",
     "settings",
     "split_address",
 ]
@@ -109,26 +109,37 @@ def check_timeout(timeout: float | None) -> float:
     return chosen
 
 
-async def open_stream(
-    scanner: str, address: str
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to a daemon over TCP or a unix socket; failure is :class:`ScannerUnavailable`.
-    The caller bounds the whole call (this included) with its timeout."""
+async def open_socket(scanner: str, address: str) -> socket.socket:
+    """A connected non-blocking socket, for the loop's ``sock_*`` calls; failure is
+    :class:`ScannerUnavailable`. The caller bounds the whole call (this included) with its
+    timeout. Not an asyncio stream: a stream whose write fails is closed at once, losing what
+    the daemon answered before it closed (clamd over StreamMaxLength, spamd's error line);
+    a socket whose send failed can still be read from the kernel's buffer."""
     target = split_address(address)
+    loop = asyncio.get_running_loop()
+    if isinstance(target, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        host, port = target
+        try:
+            family, kind, proto, _, sockaddr = (
+                await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            )[0]
+        except OSError as error:
+            raise ScannerUnavailable(scanner, address, f"cannot resolve: {error}") from None
+        sock = socket.socket(family, kind, proto)
+        target = sockaddr
+    sock.setblocking(False)
     try:
-        if isinstance(target, str):
-            return await asyncio.open_unix_connection(target)
-        return await asyncio.open_connection(*target)
+        await loop.sock_connect(sock, target)
     except OSError as error:
+        sock.close()
         reason = error.strerror or str(error) or type(error).__name__
         raise ScannerUnavailable(scanner, address, f"cannot connect: {reason}") from None
-
-
-async def close_stream(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    # The daemon may have closed first (clamd does after each verdict): nothing left to do.
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
+    except BaseException:
+        sock.close()  # cancelled (the caller's timeout)
+        raise
+    return sock
 
 
 def _head(message: Message) -> bytes:

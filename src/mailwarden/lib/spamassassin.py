@@ -15,6 +15,7 @@ rules are written for ordinary mail and a very large one only costs time. The re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -26,9 +27,8 @@ from mailwarden.lib.scanners import (
     ScannerUnavailable,
     check_message,
     check_timeout,
-    close_stream,
     message_bytes,
-    open_stream,
+    open_socket,
     settings,
 )
 from mailwarden.policy.context import Message
@@ -100,25 +100,28 @@ async def check(
 
 
 async def _exchange(head: bytes, data: bytes, address: str) -> bytes:
-    reader, writer = await open_stream(SCANNER, address)
+    loop = asyncio.get_running_loop()
+    sock = await open_socket(SCANNER, address)
     try:
-        try:
-            writer.write(head)
-            writer.write(data)
-            await writer.drain()
-        except OSError:
-            pass  # spamd closed early (it does after an error line): read why
+        # spamd may close early (it does after an error line): its answer says why.
+        with contextlib.suppress(OSError):
+            await loop.sock_sendall(sock, head + data)
         chunks: list[bytes] = []
         size = 0
-        try:
-            # spamd closes the connection after its answer; read to the end, bounded.
-            while size <= MAX_REPLY and (chunk := await reader.read(64 * 1024)):
-                chunks.append(chunk)
-                size += len(chunk)
-        except OSError as error:
-            raise ScannerUnavailable(SCANNER, address, f"connection lost: {error}") from None
+        # spamd closes the connection after its answer; read to the end, bounded.
+        while size <= MAX_REPLY:
+            try:
+                chunk = await loop.sock_recv(sock, 64 * 1024)
+            except OSError as error:
+                if chunks:
+                    break  # a reset after the answer: the answer stands
+                raise ScannerUnavailable(SCANNER, address, f"connection lost: {error}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     finally:
-        await close_stream(writer)
+        sock.close()
     return b"".join(chunks)
 
 
