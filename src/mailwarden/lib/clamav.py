@@ -88,8 +88,14 @@ async def _instream(message: Message | bytes, address: str) -> bytes:
             pass  # clamd closed the connection: its verdict, if any, says why
         return await verdict
     finally:
-        verdict.cancel()
-        sock.close()
+        try:
+            # Unregister the pending read before the socket closes (the call's timeout).
+            verdict.cancel()
+            await asyncio.wait([verdict])
+            if not verdict.cancelled():
+                verdict.exception()  # retrieved: the caller has its own error already
+        finally:
+            sock.close()
 
 
 async def _read_verdict(
