@@ -75,6 +75,20 @@ async def test_the_envelope_reaches_rspamd(rspamd_daemon: RspamdServer) -> None:
     raw = build("Hello both.\n")
     result = await rspamd.check(as_message(raw), conn=conn, tx=tx, url=rspamd_daemon.url)
     assert "FROM_EQ_ENVFROM" in result.symbols  # the envelope sender was given
+    # An unauthenticated client (rspamd's hfilter skips authenticated ones) without and with
+    # its reverse name.
+    unnamed = await rspamd.check(
+        raw, ip="192.0.2.7", helo="mx.sender.example", url=rspamd_daemon.url
+    )
+    assert "HFILTER_HOSTNAME_UNKNOWN" in unnamed.symbols
+    named = await rspamd.check(
+        raw,
+        ip="192.0.2.7",
+        helo="mx.sender.example",
+        hostname="mx.sender.example",
+        url=rspamd_daemon.url,
+    )
+    assert "HFILTER_HOSTNAME_UNKNOWN" not in named.symbols
     log = wait_for_log(rspamd_daemon, "qid: <Q7EST1>")
     line = next(line for line in log.splitlines() if "qid: <Q7EST1>" in line)
     assert "ip: 192.0.2.7" in line and "user: alice" in line

@@ -3,7 +3,7 @@
 rspamd's normal worker takes the message as the body of ``POST /checkv2`` and what the MTA
 knows of the envelope as request headers (rspamd's protocol documentation: ``IP``, ``Helo``,
 ``From``, ``Rcpt`` once per recipient, ``Queue-Id``, ``User`` for an authenticated client,
-``Hostname`` the client's verified reverse name), and answers a JSON object: ``score``,
+``Hostname`` the client's forward-confirmed reverse name), and answers a JSON object: ``score``,
 ``required_score``, the ``action`` it recommends (``no action``, ``greylist``, ``add header``,
 ``rewrite subject``, ``soft reject``, ``reject``) and the ``symbols`` that matched.
 
@@ -99,7 +99,9 @@ async def check(
 
     The envelope is taken from ``conn`` (client IP, HELO name, AUTH user) and ``tx`` (MAIL FROM,
     the recipients, the transaction id as Queue-Id) when given; ``ip``, ``helo``, ``sender``,
-    ``recipients``, ``queue_id``, ``user`` and ``hostname`` set or override each one. ``url``
+    ``recipients``, ``queue_id``, ``user`` and ``hostname`` set or override each one (no DNS
+    lookup is made here: without ``hostname`` rspamd takes the client for one without a
+    reverse name). ``url``
     is the normal worker's base URL (default ``[library] rspamd_url``), ``timeout`` bounds the
     whole call in seconds (default ``[library] scanner_timeout``). Raises a
     :class:`ScannerError` when there is no verdict: rspamd down (ScannerUnavailable), too slow
