@@ -1,6 +1,7 @@
 """Fixtures of the script library's tests: a real DNS server (nsd) on loopback with the zones
 the DNS, DNSBL and SPF tests query, and the library pointed at it; real redis-server and
-PostgreSQL servers for the rate and datastore backends (tests/support/state_servers.py)."""
+PostgreSQL servers for the rate and datastore backends (tests/support/state_servers.py); real
+clamd, spamd and rspamd daemons for the scanners (tests/support/scanners.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from pathlib import Path
 
 import pytest
 from tests.support.dns_server import DnsServer, dns_server
+from tests.support.scanners import (
+    ClamdServer,
+    RspamdServer,
+    SpamdServer,
+    clamd_server,
+    rspamd_server,
+    spamd_server,
+)
 from tests.support.state_servers import (
     PostgresServer,
     RedisServer,
@@ -141,3 +150,21 @@ def postgres(postgres_session: PostgresServer) -> PostgresServer:
     with psycopg.connect(postgres_session.url, autocommit=True) as connection:
         connection.execute("DROP TABLE IF EXISTS mailwarden_datastore")
     return postgres_session
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    with clamd_server(tmp_path_factory.mktemp("clamd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def spamd() -> Iterator[SpamdServer]:
+    with spamd_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def rspamd_daemon() -> Iterator[RspamdServer]:
+    with rspamd_server() as server:
+        yield server

@@ -109,6 +109,7 @@ async def test_5xx_and_429_are_temporary_other_4xx_are_not(service: str) -> None
         with pytest.raises(http.HttpError) as caught:
             await http.get(f"{service}/status/{status}")
         assert (caught.value.status, caught.value.temporary) == (status, temporary)
+        assert caught.value.kind == "status"
         assert f"status {status}" in str(caught.value)
     unchecked = await http.get(f"{service}/status/404", check=False)
     assert unchecked.status == 404
@@ -119,6 +120,7 @@ async def test_slow_service_times_out_as_temporary(service: str) -> None:
     with pytest.raises(http.HttpError, match=r"no answer within 0\.5s") as caught:
         await http.get(f"{service}/slow", timeout=0.5)
     assert caught.value.temporary and caught.value.status is None
+    assert caught.value.kind == "timeout"
     assert time.monotonic() - started < 2.5  # it did not wait for the 3 s answer
 
 
@@ -129,6 +131,7 @@ async def test_refused_connection_is_temporary() -> None:
         with pytest.raises(http.HttpError) as caught:
             await http.get(f"http://127.0.0.1:{port}/", timeout=2)
     assert caught.value.temporary and caught.value.status is None
+    assert caught.value.kind == "connect"
 
 
 async def test_body_over_the_limit_is_refused(service: str) -> None:

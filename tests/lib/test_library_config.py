@@ -27,6 +27,25 @@ def test_defaults_keep_everything_on_the_node(tmp_path: Path) -> None:
     assert library.redis_url is None and library.postgresql_url is None
 
 
+def test_scanners_default_to_debians_sockets_and_load(tmp_path: Path) -> None:
+    library = load_config(None).library
+    assert library.clamd_address == "/var/run/clamav/clamd.ctl"
+    assert library.spamd_address == "127.0.0.1:783"
+    assert library.rspamd_url == "http://127.0.0.1:11333"
+    assert library.scanner_timeout == 30.0
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(
+        "[library]\n"
+        'clamd_address = "[::1]:3310"\n'
+        'spamd_address = "/run/spamd.sock"\n'
+        'rspamd_url = "https://rspamd.internal:11333"\n'
+        "scanner_timeout = 5.5\n"
+    )
+    library = load_config(path).library
+    assert (library.clamd_address, library.spamd_address) == ("[::1]:3310", "/run/spamd.sock")
+    assert library.scanner_timeout == 5.5
+
+
 def test_redis_and_postgresql_backends_load(tmp_path: Path) -> None:
     path = tmp_path / "mailwarden.toml"
     path.write_text(
@@ -49,6 +68,10 @@ def test_redis_and_postgresql_backends_load(tmp_path: Path) -> None:
         ('datastore = "mysql"\n', ":2: library.datastore: expected"),
         ("rate_slots = 10\n", ":2: library.rate_slots: expected"),
         ("rate_limit = 1\n", ":2: library.rate_limit: unknown key"),
+        ('clamd_address = "localhost"\n', ":2: library.clamd_address: expected host:port or"),
+        ('spamd_address = "127.0.0.1:99999"\n', ":2: library.spamd_address: expected host:port"),
+        ('rspamd_url = "ftp://x"\n', ":2: library.rspamd_url: expected a URL such as"),
+        ("scanner_timeout = 0\n", ":2: library.scanner_timeout: expected"),
     ],
 )
 def test_errors_name_the_line_and_key(tmp_path: Path, text: str, expected: str) -> None:

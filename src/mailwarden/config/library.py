@@ -1,4 +1,5 @@
-"""``[library]``: where the script library keeps state that outlives a connection.
+"""``[library]``: where the script library keeps state that outlives a connection, and where
+its spam and virus scanners listen.
 
 Rate limits (``mailwarden.lib.rate``) and the datastore (``mailwarden.lib.datastore``) are
 shared by every worker of a node by default (files under ``node.data_dir``) and cluster-wide
@@ -17,6 +18,25 @@ _MODEL = ConfigDict(extra="forbid", frozen=True, strict=True)
 # The error types mailwarden.config.models defines (not imported: models imports this module).
 _PROBLEM = "mailwarden_config"
 _PROBLEMS = "mailwarden_config_problems"
+
+
+# Debian's own defaults: clamav-daemon's LocalSocket, spamd's --listen, rspamd's normal worker.
+DEFAULT_CLAMD_ADDRESS = "/var/run/clamav/clamd.ctl"
+DEFAULT_SPAMD_ADDRESS = "127.0.0.1:783"
+DEFAULT_RSPAMD_URL = "http://127.0.0.1:11333"
+DEFAULT_SCANNER_TIMEOUT = 30.0
+
+
+def split_address(address: str) -> tuple[str, int] | str:
+    """A scanner's address: ``host:port`` or ``[v6]:port`` → (host, port); anything with a "/"
+    is a unix socket path. Raises ValueError for anything else."""
+    if "/" in address:
+        return address
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port or a unix socket path, got {address!r}")
+    return host, int(port)
 
 
 def _invalid(message: str) -> PydanticCustomError:
@@ -67,6 +87,36 @@ class LibrarySettings(BaseModel):
         allow_inf_nan=False,
         description="Seconds a Redis or PostgreSQL call may take before it raises.",
     )
+
+    clamd_address: str = Field(
+        DEFAULT_CLAMD_ADDRESS, description="clamd's socket: host:port or a unix socket path."
+    )
+    spamd_address: str = Field(
+        DEFAULT_SPAMD_ADDRESS, description="spamd's socket: host:port or a unix socket path."
+    )
+    rspamd_url: str = Field(DEFAULT_RSPAMD_URL, description="rspamd's normal worker, http(s)://.")
+    scanner_timeout: float = Field(
+        DEFAULT_SCANNER_TIMEOUT,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Seconds one scanner call may take (connect, send, verdict) before it raises.",
+    )
+
+    @field_validator("clamd_address", "spamd_address")
+    @classmethod
+    def _scanner_address(cls, value: str) -> str:
+        try:
+            split_address(value)
+        except ValueError as error:
+            raise _invalid(str(error)) from None
+        return value
+
+    @field_validator("rspamd_url")
+    @classmethod
+    def _rspamd_url(cls, value: str) -> str:
+        _check_url(value, ("http", "https"), "http://127.0.0.1:11333")
+        return value
 
     @field_validator("redis_url")
     @classmethod

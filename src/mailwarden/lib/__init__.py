@@ -7,19 +7,35 @@ names scripts use; it grows one import line per module.
 
 from __future__ import annotations
 
-from mailwarden.lib import arc, authres, dkim, dlp, dmarc, dns, http, lists, spf
+from mailwarden.lib import (
+    arc,
+    authres,
+    clamav,
+    dkim,
+    dlp,
+    dmarc,
+    dns,
+    http,
+    lists,
+    rspamd,
+    spamassassin,
+    spf,
+)
 from mailwarden.lib.backends import BackendError
 from mailwarden.lib.cache import cache
 from mailwarden.lib.datastore import datastore
 from mailwarden.lib.lists import load_list
 from mailwarden.lib.rate import rate, rate_reset
+from mailwarden.lib.scanners import ScannerError
 from mailwarden.lib.stat import stat
 
 __all__: list[str] = [
     "BackendError",
+    "ScannerError",
     "arc",
     "authres",
     "cache",
+    "clamav",
     "datastore",
     "dkim",
     "dlp",
@@ -30,6 +46,8 @@ __all__: list[str] = [
     "load_list",
     "rate",
     "rate_reset",
+    "rspamd",
+    "spamassassin",
     "spf",
     "stat",
 ]

@@ -68,12 +68,15 @@ class RedisConnection:
 
 
 def configure(settings: LibrarySettings, data_dir: Path) -> None:
-    """Point rate() and the datastore at the backends ``settings`` names. Takes effect for
-    the next call; state already kept stays where it is (a backend switch starts afresh)."""
+    """Point rate() and the datastore at the backends ``settings`` names, and the scanners at
+    their daemons. Takes effect for the next call; state already kept stays where it is (a
+    backend switch starts afresh)."""
     # By module path: ``mailwarden.lib.rate`` and ``.datastore`` are also the names of what
     # the package exports (the function and the store), which shadow the modules there.
     from mailwarden.lib.datastore import configure as configure_datastore
     from mailwarden.lib.rate import configure as configure_rate
+    from mailwarden.lib.scanners import configure as configure_scanners
 
     configure_rate(settings, data_dir)
     configure_datastore(settings, data_dir)
+    configure_scanners(settings)

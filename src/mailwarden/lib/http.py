@@ -16,7 +16,7 @@ import json as json_module
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -39,14 +39,26 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient
 )
 
 
+ErrorKind = Literal["timeout", "connect", "transport", "status", "other"]
+
+
 class HttpError(Exception):
     """An HTTP call that did not give a usable answer. ``temporary``: worth trying again
     later (no connection, timeout, a 5xx or 429 status) -- answer the client 4xx (``Defer``);
     False for an answer that will not change by waiting (another 4xx status, a body too large,
-    a bad URL). ``status`` is the HTTP status when there was a response."""
+    a bad URL). ``status`` is the HTTP status when there was a response. ``kind`` says what
+    failed: "timeout", "connect" (no connection), "transport" (the exchange broke or the
+    answer is not HTTP), "status" (a status that is not 2xx) or "other"."""
 
     def __init__(
-        self, method: str, url: str, reason: str, *, temporary: bool, status: int | None = None
+        self,
+        method: str,
+        url: str,
+        reason: str,
+        *,
+        temporary: bool,
+        status: int | None = None,
+        kind: ErrorKind = "other",
     ) -> None:
         super().__init__(f"HTTP {method} {url}: {reason}")
         self.method = method
@@ -54,6 +66,7 @@ class HttpError(Exception):
         self.reason = reason
         self.temporary = temporary
         self.status = status
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +137,7 @@ def _status_error(method: str, url: str, response: Response) -> HttpError:
         f"status {response.status} {phrase}".strip(),
         temporary=temporary,
         status=response.status,
+        kind="status",
     )
 
 
@@ -153,7 +167,8 @@ async def request(
         async with asyncio.timeout(timeout):
             result = await _exchange(method, url, params, headers, json, data, content, max_bytes)
     except TimeoutError:
-        raise HttpError(method, url, f"no answer within {timeout:g}s", temporary=True) from None
+        reason = f"no answer within {timeout:g}s"
+        raise HttpError(method, url, reason, temporary=True, kind="timeout") from None
     if check and not 200 <= result.status < 300:
         raise _status_error(method, url, result)
     return result
@@ -186,7 +201,8 @@ async def _exchange(
     except httpx.TransportError as error:
         # Refused, reset, unreachable, TLS failure, a malformed answer: the service's trouble.
         reason = str(error) or type(error).__name__
-        raise HttpError(method, url, reason, temporary=True) from None
+        kind: ErrorKind = "connect" if isinstance(error, httpx.ConnectError) else "transport"
+        raise HttpError(method, url, reason, temporary=True, kind=kind) from None
     return Response(
         response.status_code,
         response.headers,
