@@ -4,6 +4,7 @@ connection, source address and HELO, LMTP, no PIPELINING, refused recipients, re
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,55 @@ async def test_a_message_of_several_write_blocks_arrives_whole(tmp_path: Path) -
         (dump,) = sink.messages()
     assert done.delivered == ("a@example.org",)
     assert dump.endswith(b"\n".join(lines) + b"\n\n")
+
+
+async def test_open_first_tries_at_most_the_address_limit(tmp_path: Path) -> None:
+    """Six addresses that refuse, then one that works: with Postfix's default of 5 the
+    working one is left for the next attempt; without a limit it is reached."""
+    refusing = [target(free_port(), f"mx{n}.test.example") for n in range(6)]
+    with smtp_sink(tmp_path) as sink:
+        targets = [*refusing, target(sink.port, "mx7.test.example")]
+        with pytest.raises(DeliveryError) as caught:
+            await open_first(targets, OPTIONS, address_limit=5)
+        conn, errors = await open_first(targets, OPTIONS, address_limit=0)
+        await conn.close()
+    assert caught.value.stage == "connect"
+    assert conn.target.host == "mx7.test.example" and len(errors) == 6
+
+
+async def test_open_first_gives_up_after_the_session_limit() -> None:
+    """Servers that greet and answer EHLO but offer no STARTTLS, where TLS is required: each
+    is a session that failed; after 2 (Postfix's smtp_mx_session_limit) the attempt stops."""
+    sessions = 0
+
+    async def greet(reader, writer) -> None:
+        nonlocal sessions
+        sessions += 1
+        writer.write(b"220 plain.test.example ESMTP\r\n")
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                writer.write(b"250-plain.test.example\r\n250 PIPELINING\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:
+                writer.write(b"502 5.5.1 no\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    required = ConnectOptions("out1.test.example", tls=TlsPolicy(TlsMode.REQUIRED))
+    targets = [target(port, f"mx{n}.test.example") for n in range(4)]
+    try:
+        with pytest.raises(DeliveryError) as limited:
+            await open_first(targets, required, session_limit=2)
+        tried_with_limit = sessions
+        with pytest.raises(DeliveryError):
+            await open_first(targets, required, session_limit=0)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert limited.value.stage == "tls"
+    assert (tried_with_limit, sessions - tried_with_limit) == (2, 4)

@@ -130,6 +130,12 @@ class DeliverySettings(BaseModel):
     connect_timeout: float = Field(
         30.0, gt=0, le=600, allow_inf_nan=False, description="Seconds a TCP connect may take."
     )
+    mx_address_limit: int = Field(
+        5, ge=0, description="Addresses (of all MX hosts) tried per attempt; 0: all."
+    )
+    mx_session_limit: int = Field(
+        2, ge=0, description="Servers that greeted but failed, tried per attempt; 0: all."
+    )
     tls: TlsMode = Field(TlsMode.OPTIONAL, strict=False, description="Outbound TLS mode.")
     tls_ca_file: RelativePath | None = Field(
         None, description="PEM CA bundle to verify servers with; default the system store."

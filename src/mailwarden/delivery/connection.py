@@ -538,19 +538,37 @@ def _rank(error: DeliveryError) -> tuple[bool, bool]:
 
 
 async def open_first(
-    targets: Sequence[Target], options: ConnectOptions
+    targets: Sequence[Target],
+    options: ConnectOptions,
+    *,
+    address_limit: int = 0,
+    session_limit: int = 0,
 ) -> tuple[OutboundConnection, list[DeliveryError]]:
     """Try targets in order (first MX down -> the next); returns the connection and the errors
     of the targets that failed before it. Every failure of ``OutboundConnection.open`` moves
     on to the next target, a 5xx greeting and a TLS policy failure included (as Postfix tries
     the next MX). Raises the most relevant DeliveryError when all fail: a permanent remote
-    reply wins, then a remote reply, then the first target's error."""
+    reply wins, then a remote reply, then the first target's error.
+
+    At most ``address_limit`` targets are tried, and at most ``session_limit`` of them may be
+    servers that greeted, answered EHLO and then failed (TLS policy, AUTH), as Postfix's
+    ``smtp_mx_address_limit`` (5) and ``smtp_mx_session_limit`` (2): a domain with dozens of
+    MX addresses, or a row of servers that refuse the TLS policy, costs one attempt a bounded
+    time. 0: no limit."""
     errors: list[DeliveryError] = []
-    for target in targets:
+    sessions = 0
+    for tried, target in enumerate(targets):
+        if address_limit and tried >= address_limit:
+            break
         try:
             return await OutboundConnection.open(target, options), errors
         except DeliveryError as error:
             errors.append(error)
+            # Postfix counts the sessions that completed the greeting and EHLO only.
+            if error.stage in ("tls", "auth"):
+                sessions += 1
+                if session_limit and sessions >= session_limit:
+                    break
     if not errors:
         reply = _local(replies.DELIVERY_CONNECT_FAILED, "no address to connect to")
         raise DeliveryError(reply, stage="connect")

@@ -29,6 +29,8 @@ def manager_settings(config: Config) -> ManagerSettings:
         lease_duration=queue.lease_duration,
         poll_interval=queue.poll_interval,
         connect_timeout=delivery.connect_timeout,
+        mx_address_limit=delivery.mx_address_limit,
+        mx_session_limit=delivery.mx_session_limit,
         idle_timeout=delivery.idle_timeout,
         defaults=queue.shaping_defaults(
             delivery.max_connections_per_destination, delivery.max_messages_per_connection

@@ -78,6 +78,8 @@ class ManagerSettings:
     lease_batch: int = 256
     max_in_flight: int = 4000  # messages leased and not yet recorded, per worker
     connect_timeout: float = 30.0
+    mx_address_limit: int = 5  # addresses tried per attempt (0: all), Postfix's default
+    mx_session_limit: int = 2  # servers that greeted and failed, per attempt (0: all)
     idle_timeout: float = 5.0
     allow_ip_literals: bool = False
     ip_version: str = "any"

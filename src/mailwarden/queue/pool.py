@@ -194,8 +194,14 @@ class Destination:
 
     async def _open(self) -> OutboundConnection:
         targets = await self._resolve()
-        options = self.key.options(self.manager.settings.connect_timeout)
-        connection, failures = await open_first(targets, options)
+        settings = self.manager.settings
+        options = self.key.options(settings.connect_timeout)
+        connection, failures = await open_first(
+            targets,
+            options,
+            address_limit=settings.mx_address_limit,
+            session_limit=settings.mx_session_limit,
+        )
         for failure in failures:
             log.info("destination %s: %s", self.key.name, failure)
         return connection
