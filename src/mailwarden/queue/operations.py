@@ -284,6 +284,7 @@ def _apply_batch(
     ) -> SpoolRecord | None:
         return _dsn(m, data, positions, reply, reporting_mta, now, ids.next())
 
+    changes = []
     for message in shard.read(batch):
         planned = plan(
             action,
@@ -297,7 +298,8 @@ def _apply_batch(
         )
         _count(outcome, message, planned)
         if planned.change is not None:
-            shard.apply(planned.change)
+            changes.append(planned.change)
+    shard.apply_all(changes)
 
 
 def _count(outcome: Outcome, message: SpoolRecord, planned: Planned) -> None:

@@ -202,16 +202,34 @@ class ShardWriter:
 
     def apply(self, change: MessageChange) -> None:
         """Write ``change`` (inside :meth:`transaction`)."""
+        self.apply_all([change])
+
+    def apply_all(self, changes: Sequence[MessageChange]) -> None:
+        """Write ``changes`` (inside :meth:`transaction`): every recipient update in one
+        statement, then each message's DSN and removal."""
         db = self._db
         db.executemany(
             "UPDATE recipients SET state = ?, reason = ?,"
             " next_attempt = coalesce(?, next_attempt), last_reply = coalesce(?, last_reply)"
             " WHERE message_id = ? AND position = ?",
             [
-                (u.state.value, u.reason, u.next_attempt, u.last_reply, change.message_id, p)
-                for p, u in ((u.position, u) for u in change.updates)
+                (
+                    u.state.value,
+                    u.reason,
+                    u.next_attempt,
+                    u.last_reply,
+                    change.message_id,
+                    u.position,
+                )
+                for change in changes
+                for u in change.updates
             ],
         )
+        for change in changes:
+            self._queue_and_remove(change)
+
+    def _queue_and_remove(self, change: MessageChange) -> None:
+        db = self._db
         if change.queue is not None:
             db.execute(INSERT_MESSAGE, message_row(change.queue, self.spool_dir))
             db.executemany(INSERT_RECIPIENT, recipient_rows(change.queue))

@@ -20,7 +20,13 @@ from pathlib import Path
 
 from mailwarden.spool.reader import body_file_path
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
-from mailwarden.spool.rows import INSERT_MESSAGE, INSERT_RECIPIENT, message_row, recipient_rows
+from mailwarden.spool.rows import (
+    INSERT_MESSAGE,
+    INSERT_RECIPIENT,
+    loads,
+    message_row,
+    recipient_rows,
+)
 from mailwarden.spool.states import DELIVERABLE, FINAL, RecipientState
 
 
@@ -176,8 +182,8 @@ def lease_and_load(
 def _recipient(row: tuple) -> SpooledRecipient:
     return SpooledRecipient(
         address=row[2],
-        params=json.loads(row[3]),
-        metadata=json.loads(row[4]),
+        params=loads(row[3]),
+        metadata=loads(row[4]),
         state=row[5],
         reason=row[6],
         retry_count=row[7],
@@ -196,13 +202,13 @@ def _leased(
         server_id=row[1],
         received_at=row[2],
         sender=row[3],
-        sender_params=json.loads(row[4]),
+        sender_params=loads(row[4]),
         client_ip=row[5],
         client_port=row[6],
         helo=row[7],
         tls=json.loads(row[8]) if row[8] else None,
         auth=json.loads(row[9]) if row[9] else None,
-        metadata=json.loads(row[10]),
+        metadata=loads(row[10]),
         body_file=body_path,
         size=row[14],
         recipients=tuple(recipients),

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from mailwarden.spool import schema
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
+from mailwarden.spool.rows import loads
 
 # The one record model (spool/records.py), under the names readers have always used.
 QueuedRecipient = SpooledRecipient
@@ -190,8 +191,8 @@ def _envelope(version: int) -> str:
 def _recipient(row: sqlite3.Row) -> SpooledRecipient:
     return SpooledRecipient(
         address=row["address"],
-        params=json.loads(row["params"]),
-        metadata=json.loads(row["metadata"]),
+        params=loads(row["params"]),
+        metadata=loads(row["metadata"]),
         state=row["state"],
         reason=row["reason"],
         retry_count=row["retry_count"],
@@ -211,13 +212,13 @@ def _message(
         server_id=row["server_id"],
         received_at=row["received_at"],
         sender=row["sender"],
-        sender_params=json.loads(row["sender_params"]),
+        sender_params=loads(row["sender_params"]),
         client_ip=row["client_ip"],
         client_port=row["client_port"],
         helo=row["helo"],
         tls=json.loads(row["tls"]) if row["tls"] else None,
         auth=json.loads(row["auth"]) if row["auth"] else None,
-        metadata=json.loads(row["metadata"]),
+        metadata=loads(row["metadata"]),
         body_file=body_file_path(spool_dir, body_file) if body_file else None,
         size=row["size"],
         recipients=tuple(recipients),
