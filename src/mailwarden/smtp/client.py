@@ -72,6 +72,7 @@ from enum import Enum
 
 from mailwarden.smtp.errors import LocalProtocolError, RemoteProtocolError
 from mailwarden.smtp.reply_parser import ReplyError, ReplyParser, ServerReply
+from mailwarden.smtp.seven_bit import to_seven_bit
 
 __all__ = [
     "LINE_LENGTH_LIMIT",
@@ -624,7 +625,12 @@ class SmtpClientConnection:
         ext = self.extensions
         if envelope.smtputf8 and not ext.smtputf8:
             raise ExtensionMissing("SMTPUTF8")
-        normalized = fold_long_lines(normalize_line_ends(message), self.line_length_limit)
+        normalized = normalize_line_ends(message)
+        if not ext.eightbitmime and not normalized.isascii():
+            # RFC 6152 §3: 8-bit data for a server without 8BITMIME is converted (as
+            # Postfix does); what cannot be converted goes as it is (seven_bit's docstring).
+            normalized = to_seven_bit(normalized) or normalized
+        normalized = fold_long_lines(normalized, self.line_length_limit)
         limit = ext.size
         if limit is not None and len(normalized) > limit:
             raise MessageTooLarge(len(normalized), limit)
