@@ -235,7 +235,7 @@ class SpoolStore:
             "limit": limit,
             **{f"s{i}": state.value for i, state in enumerate(sorted(DELIVERABLE))},
         }
-        return await self._run(lambda db: outcomes.lease(db, parameters))
+        return await self._run(lambda db: outcomes.lease(db, parameters), durable=False)
 
     async def renew_lease(
         self, message_id: str, owner: str, *, now: float, duration: float
@@ -249,7 +249,7 @@ class SpoolStore:
             outcomes.move_bumped(db, held, [message_id, owner], to=until)
             return db.execute(sql, (until, message_id, owner)).rowcount == 1
 
-        return await self._run(renew)
+        return await self._run(renew, durable=False)
 
     async def release_lease(self, message_id: str, owner: str, *, now: float | None = None) -> bool:
         """End ``owner``'s lease on a message, its recipients due at ``now`` (default: the
@@ -264,7 +264,7 @@ class SpoolStore:
             outcomes.move_bumped(db, held, [message_id, owner])
             return db.execute(sql, (message_id, owner)).rowcount == 1
 
-        return await self._run(release)
+        return await self._run(release, durable=False)
 
     async def set_recipient_state(
         self,
@@ -324,7 +324,8 @@ class SpoolStore:
         return await self._run(
             lambda db: outcomes.lease_and_load(
                 db, self.directory, owner, now=now, until=now + duration, limit=limit
-            )
+            ),
+            durable=False,
         )
 
     async def renew_leases(self, owner: str, *, now: float, duration: float) -> int:
@@ -337,7 +338,7 @@ class SpoolStore:
             outcomes.move_bumped(db, held, [owner], to=until)
             return db.execute(sql, (until, owner)).rowcount
 
-        return await self._run(renew)
+        return await self._run(renew, durable=False)
 
     async def clear_leases(self) -> int:
         """End every lease on this shard. Only its worker delivers from a shard, so at that
@@ -350,16 +351,20 @@ class SpoolStore:
             outcomes.move_bumped(db, held, [])
             return db.execute(sql).rowcount
 
-        return await self._run(clear)
+        return await self._run(clear, durable=False)
 
     async def next_due(self, now: float) -> float | None:
         """When the next unleased recipient falls due (None: nothing waits)."""
-        return await self._run(lambda db: outcomes.next_due(db, now))
+        return await self._run(lambda db: outcomes.next_due(db, now), durable=False)
 
     async def record_outcomes(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> None:
         """Record these messages' attempt outcomes and end ``owner``'s leases on them, batched
-        with every other outcome waiting (one transaction, one fsync). Returns once they are
-        durable.
+        with every other outcome waiting (one transaction). Returns once they are committed:
+        they survive the process (kill -9 included) at once, and a power cut from the next
+        durable commit or checkpoint on; a power cut before loses the last outcomes, whose
+        messages are then delivered again (at least once, as Postfix after a power cut
+        delivers again a message whose queue file's removal was not yet on disk). No fsync
+        of its own: delivery does not compete with the 250 path for the disk.
 
         Raises SpoolError if the batch could not be written; then nothing of it changed, the
         leases run out and the attempts are made again (at-least-once)."""
@@ -383,13 +388,19 @@ class SpoolStore:
                 del self._pending_outcomes[: self._max_batch]
                 try:
                     apply = functools.partial(self._apply, batch=batch)
-                    removed = await loop.run_in_executor(self._executor, self._transaction, apply)
+                    removed = await loop.run_in_executor(
+                        self._executor, self._light_transaction, apply
+                    )
                 except Exception as error:
                     spool_error = _as_spool_error(error)
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(SpoolError(spool_error.reply, str(spool_error)))
                     continue
+                if self._fsync and any(body_file for _, body_file in removed):
+                    # A spill file goes only once its row's removal is on disk: a power cut
+                    # must never leave a row whose file is gone.
+                    await loop.run_in_executor(self._executor, self._sync_wal)
                 for _, body_file in removed:
                     if body_file:
                         body_file_path(self.directory, body_file).unlink(missing_ok=True)
@@ -438,9 +449,33 @@ class SpoolStore:
                 events.append(MessageRemoved(outcome.message_id, outcome.removal_reason))
         self.events.emit(events)
 
-    async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run(self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, work)
+        run = self._transaction if durable else self._light_transaction
+        return await loop.run_in_executor(self._executor, run, work)
+
+    def _sync_wal(self) -> None:
+        """fsync the shard's WAL: every commit so far is then durable."""
+        descriptor = os.open(f"{self.path}-wal", os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def _light_transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` in a transaction whose commit is not fsynced (``synchronous=NORMAL``
+        for it; WAL mode keeps every earlier commit as durable as it was): for leases, which
+        a power cut may lose without harm (the messages are due again), and delivery
+        outcomes (see record_outcomes). The next durable commit's fsync covers it. Runs in
+        the commit thread."""
+        db = self._db
+        if db is None or not self._fsync:
+            return self._transaction(work)
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            return self._transaction(work)
+        finally:
+            db.execute("PRAGMA synchronous=FULL")
 
     def _transaction(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Runs in the commit thread: ``work`` in one IMMEDIATE transaction."""
