@@ -92,7 +92,7 @@ def check_mechanisms(table: object) -> dict[str, type]:
                 "(RFC 4422 §3.1: 1-20 of A-Z, 0-9, '-', '_')"
             )
         upper = name.upper()
-        if upper in MECHANISMS:
+        if upper in MECHANISMS:  # PLAIN, LOGIN, EXTERNAL
             raise MechanismTableError(f"SASL_MECHANISMS: {upper} is built in; choose another name")
         if upper in checked:
             raise MechanismTableError(f"SASL_MECHANISMS: {upper} is declared twice")

@@ -3,10 +3,11 @@
 Format (like htpasswd): ``#`` starts a comment line, blank lines are ignored, every other line
 is ``USER:HASH`` where USER has no ``:``, no white space and no control character, and HASH is
 an argon2 PHC string (``$argon2id$v=19$m=...,t=...,p=...$salt$hash``, as argon2-cffi and
-``mailwarden passwd`` write it). A user name appears at most once.
+``mailwarden auth hash`` write it). A user name appears at most once.
 
 The file is read again when its size, mtime or inode changes (checked at each AUTH; a stat is
-cheap), so ``mailwarden passwd`` takes effect without a reload. A file that became unreadable or
+cheap), so ``mailwarden auth set`` takes effect without a reload (and a reload, SIGHUP, reads
+it afresh too). A file that became unreadable or
 malformed keeps the previous table in use and is logged, naming the file and line.
 Verifying a password costs tens of milliseconds of CPU by design: it runs in a worker thread.
 """
@@ -29,7 +30,7 @@ log = logging.getLogger("mailwarden.auth")
 _HASHER = argon2.PasswordHasher()
 
 
-class PasswordFileError(Exception):
+class PasswordFileError(ValueError):
     """The password file cannot be read or has a malformed line; the text names file and line."""
 
 

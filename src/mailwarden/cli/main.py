@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mailwarden.cli.auth import auth_app
 from mailwarden.cli.common import ConfigOption, err, load
 from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
@@ -40,6 +41,7 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(queue_app, name="queue")
 app.add_typer(datastore_app, name="datastore")
+app.add_typer(auth_app, name="auth")
 
 
 @app.command()

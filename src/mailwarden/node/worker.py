@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden import logs, stats
+from mailwarden.auth.passwords import PasswordFileError
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
 from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
@@ -356,6 +357,9 @@ def _new_server(
     except TlsSetupError as error:
         path = ("servers", index, *error.key)
         raise StartupError(config.describe_problem(path, error.problem)) from None
+    except PasswordFileError as error:
+        path = ("servers", index, "auth_password_file")
+        raise StartupError(config.describe_problem(path, str(error))) from None
 
 
 def _event_loop_factory() -> asyncio.AbstractEventLoop:
