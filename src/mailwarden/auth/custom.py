@@ -19,9 +19,12 @@ initial response; ``b""`` for an empty one, ``=`` in RFC 4954 §4) and answers w
 * :class:`Success` ``(identity)``: 235 2.7.0, ``conn.auth`` becomes that identity and mechanism;
 * :class:`Failure` ``()``: 535 5.7.8 (counted towards the listener's ``auth_failures``).
 
-A raising or slow step (past ``hook_timeout``) or any other answer is a script error:
-454 4.7.0, never 235. The client cancelling with ``*`` is answered by the server (501 5.0.0)
-without calling ``step`` again. Imports nothing from :mod:`mailwarden.policy`.
+A raising or slow step (past ``hook_timeout``), any other answer, a ``Success`` whose identity
+is not a printable string of 1-255 characters, or a tenth challenge in one exchange is a script
+error: 454 4.7.0, never 235. The client cancelling with ``*`` (501 5.0.0) or sending bad base64
+(501 5.5.2) is answered by the server without calling ``step`` again, and each response is one
+line of at most 12288 octets (RFC 4954 §4). The ``auth`` hook does not run for these
+mechanisms: ``Success`` is the decision. Imports nothing from :mod:`mailwarden.policy`.
 """
 
 from __future__ import annotations

@@ -655,16 +655,17 @@ class SmtpSession(asyncio.Protocol):
             self._script_sasl = None
             self._script_sasl_failed(name)
             return
+        problem = None
         if isinstance(result, Challenge) and isinstance(result.data, bytes):
             if self._sasl_rounds < MAX_SASL_ROUNDS:
                 self.core.send_auth_challenge(result.data)
                 return
-            result = f"a challenge past the limit of {MAX_SASL_ROUNDS} rounds"
+            problem = f"a challenge past the limit of {MAX_SASL_ROUNDS} rounds"
         self._script_sasl = None
         detail = f" mechanism={name}"
-        if isinstance(result, Success) and _valid_identity(result.identity):
+        if problem is None and isinstance(result, Success) and _valid_identity(result.identity):
             self._authenticated(result.identity, name)
-        elif isinstance(result, Failure):
+        elif problem is None and isinstance(result, Failure):
             await self._auth_failed(detail)
         else:
             counters.script_errors += 1
@@ -673,7 +674,7 @@ class SmtpSession(asyncio.Protocol):
                 " Success(identity) or Failure()",
                 self.conn_id,
                 name,
-                result if isinstance(result, str) else type(result).__name__,
+                problem or _describe(result),
             )
             self._script_sasl_failed(name)
 
@@ -990,6 +991,14 @@ async def _run_step(
         counters.script_errors += 1
         log.exception("connection %s: SASL mechanism %s raised", conn.id, name)
         raise HookFailed(name) from None
+
+
+def _describe(result: object) -> str:
+    """What a mechanism answered, for the log: its type, and for Success the identity's type
+    (never a value: it may hold what the client sent)."""
+    if isinstance(result, Success):
+        return f"Success with an unusable identity ({type(result.identity).__name__})"
+    return type(result).__name__
 
 
 def _valid_identity(identity: object) -> bool:
