@@ -55,6 +55,12 @@ EXPECTED_HOOKS = {
     "count_client_certificates.py": {"helo"},
     "greylisting.py": {"rcpt_to"},  # end to end in tests/lib/test_e2e_greylisting.py
     "disclaimer.py": {"data"},
+    # SASL mechanisms, no hooks; end to end in tests/server/test_e2e_sasl_examples.py
+    "sasl_cram_md5.py": set(),
+}
+
+EXPECTED_MECHANISMS = {
+    "sasl_cram_md5.py": {"CRAM-MD5"},
 }
 
 _connection_numbers = iter(range(1, 1_000_000))
@@ -104,6 +110,11 @@ def wire(action: Reject | Defer) -> bytes:
 @pytest.mark.parametrize("name", sorted(EXPECTED_HOOKS))
 def test_every_example_loads_with_its_hooks(name: str) -> None:
     assert set(load(name).hooks) == EXPECTED_HOOKS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MECHANISMS))
+def test_sasl_examples_declare_their_mechanisms(name: str) -> None:
+    assert set(load(name).mechanisms) == EXPECTED_MECHANISMS[name]
 
 
 def test_every_example_is_covered_here() -> None:
