@@ -5,12 +5,19 @@ no password reaches the log."""
 from __future__ import annotations
 
 import base64
+import signal
 import smtplib
 import ssl
 from pathlib import Path
 
 import pytest
-from tests.server.conftest import RawClient, only_message, running_edited_node, write_script
+from tests.server.conftest import (
+    RawClient,
+    only_message,
+    running_edited_node,
+    wait_for_log,
+    write_script,
+)
 from tests.support.node import Node, run_cli, running_node
 
 from mailwarden.auth.passwords import hash_password, set_user
@@ -141,3 +148,30 @@ def test_raw_plain_exchange_with_password_file(
         token = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
         reply = client.cmd(f"AUTH PLAIN {token}")
         assert (reply.code, reply.enhanced) == (235, "2.7.0"), reply
+
+
+def test_sighup_switches_files_and_a_broken_one_is_refused(
+    tmp_path: Path, tls_keys: str, password_file: Path, client_context: ssl.SSLContext
+) -> None:
+    other = tmp_path / "other-passwords"
+    set_user(other, "carol", hash_password("c4rol-secret"))
+    with running_node(tmp_path, server=tls_keys + SERVER) as node:
+        assert login(node, client_context, "carol", "c4rol-secret", "PLAIN") == 535
+        node.config_path.write_text(
+            node.config_path.read_text().replace('"passwords"', '"other-passwords"')
+        )
+        node.signal(signal.SIGHUP)
+        wait_for_log(node, "configuration and scripts reloaded")
+        assert login(node, client_context, "carol", "c4rol-secret", "PLAIN") == 235
+        assert login(node, client_context, "alice", PASSWORD, "PLAIN") == 535
+        # A reload with a malformed file keeps what runs, and says which file and line.
+        (tmp_path / "broken").write_text("carol:c4rol-secret\n")
+        node.config_path.write_text(
+            node.config_path.read_text().replace('"other-passwords"', '"broken"')
+        )
+        checked = node.mailwarden("config", "check")
+        assert checked.returncode == 1
+        assert "auth_password_file" in checked.stderr and "broken:1:" in checked.stderr
+        node.signal(signal.SIGHUP)
+        wait_for_log(node, "reload failed, keeping the running configuration")
+        assert login(node, client_context, "carol", "c4rol-secret", "PLAIN") == 235

@@ -87,7 +87,26 @@ def _problems(settings: Config) -> list[str]:
         load_scripts(settings)
     except ScriptError as error:
         problems.append(str(error))
+    problems.extend(_password_file_problems(settings))
     return problems
+
+
+def _password_file_problems(settings: Config) -> list[str]:
+    """Each readable ``auth_password_file`` parsed as the node will (check_files already
+    reported those that are missing)."""
+    from mailwarden.auth.passwords import PasswordFileError, read_password_file
+
+    found = []
+    for index, server in enumerate(settings.servers):
+        path = server.auth_password_file
+        if path is None or not path.is_file():
+            continue
+        try:
+            read_password_file(path)
+        except PasswordFileError as error:
+            key = ("servers", index, "auth_password_file")
+            found.append(settings.describe_problem(key, str(error)))
+    return found
 
 
 def _checked(config_path: str | None) -> Config:

@@ -28,7 +28,11 @@ from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, Superv
 from mailwarden.node.listeners import bind_listeners
 from mailwarden.node.notify import notify, notify_reloading
 from mailwarden.node.privileges import Identity, check_writable, drop_privileges
-from mailwarden.node.reload import check_certificates, restart_only_changes
+from mailwarden.node.reload import (
+    check_certificates,
+    check_password_files,
+    restart_only_changes,
+)
 from mailwarden.node.scripts import load_scripts
 from mailwarden.policy.script import PolicyScript, ScriptError
 from mailwarden.queue.manager import QueueManager
@@ -281,6 +285,7 @@ class Worker:
             config = load_config(self.config_path)
             scripts = load_scripts(config)
             check_certificates(config)  # all or nothing
+            check_password_files(config)
             for settings in config.servers:
                 if settings.id not in self.servers:
                     log.warning("reload: new server %s needs a restart to listen", settings.id)
