@@ -5,10 +5,18 @@ in clear), fed each client response, answered with 334 / 235 / 535, 454 on scrip
 from __future__ import annotations
 
 import base64
+import signal
 import ssl
 from pathlib import Path
 
-from tests.server.conftest import RawClient, limits, only_message, send_transaction, write_script
+from tests.server.conftest import (
+    RawClient,
+    limits,
+    only_message,
+    send_transaction,
+    wait_for_log,
+    write_script,
+)
 from tests.support.node import run_cli, running_node, write_config
 
 MECHANISMS = """
@@ -194,3 +202,19 @@ def test_a_bad_mechanism_table_is_a_load_error(tmp_path: Path) -> None:
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "policy.py:6:" in output and "PLAIN is built in" in output
+
+
+def test_a_reload_changes_what_is_announced(tmp_path: Path) -> None:
+    server = write_script(tmp_path, MECHANISMS)
+    with running_node(tmp_path, server=server) as node:
+        with RawClient(node.port) as client:
+            client.greeting()
+            assert auth_line(client.ehlo().lines) == "AUTH X-COUNT X-BROKEN"
+        write_script(tmp_path, MECHANISMS.replace('"X-BROKEN": Broken', '"X-NEW": Broken'))
+        node.signal(signal.SIGHUP)
+        wait_for_log(node, "configuration and scripts reloaded")
+        with RawClient(node.port) as client:
+            client.greeting()
+            assert auth_line(client.ehlo().lines) == "AUTH X-COUNT X-NEW"
+            assert client.cmd("AUTH X-BROKEN").code == 504
+            assert client.cmd(f"AUTH X-NEW {b64('raise')}").code == 454
