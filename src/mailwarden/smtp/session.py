@@ -632,7 +632,7 @@ class SmtpSession(asyncio.Protocol):
         self._sasl_rounds = 0
         try:
             self._script_sasl = factory()
-        except Exception:
+        except (Exception, SystemExit, KeyboardInterrupt):  # as policy.runner: never the worker
             counters.script_errors += 1
             log.exception("connection %s: SASL mechanism %s failed to start", self.conn_id, name)
             self._script_sasl_failed(name)
