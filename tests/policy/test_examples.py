@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.support.node import running_node
 
 from mailwarden import stats
@@ -55,6 +57,16 @@ EXPECTED_HOOKS = {
     "count_client_certificates.py": {"helo"},
     "greylisting.py": {"rcpt_to"},  # end to end in tests/lib/test_e2e_greylisting.py
     "disclaimer.py": {"data"},
+    # SASL mechanisms, no hooks; end to end in tests/server/test_e2e_sasl_examples.py
+    "sasl_cram_md5.py": set(),
+    "sasl_totp.py": set(),
+    "sasl_oauthbearer.py": set(),
+}
+
+EXPECTED_MECHANISMS = {
+    "sasl_cram_md5.py": {"CRAM-MD5"},
+    "sasl_totp.py": {"X-TOTP"},
+    "sasl_oauthbearer.py": {"OAUTHBEARER"},
 }
 
 _connection_numbers = iter(range(1, 1_000_000))
@@ -104,6 +116,11 @@ def wire(action: Reject | Defer) -> bytes:
 @pytest.mark.parametrize("name", sorted(EXPECTED_HOOKS))
 def test_every_example_loads_with_its_hooks(name: str) -> None:
     assert set(load(name).hooks) == EXPECTED_HOOKS[name]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MECHANISMS))
+def test_sasl_examples_declare_their_mechanisms(name: str) -> None:
+    assert set(load(name).mechanisms) == EXPECTED_MECHANISMS[name]
 
 
 def test_every_example_is_covered_here() -> None:
@@ -538,3 +555,33 @@ async def test_disclaimer_leaves_mail_from_outside_and_harmless_files_alone() ->
     out = await run_disclaimer(connection(auth=AuthIdentity("alice", "PLAIN")), raw)
     assert b"confidential" in out
     assert raw.split(b"Content-Disposition: attachment")[1] in out  # the PDF kept, as sent
+
+
+# --- sasl_oauthbearer.py: the client message parser (RFC 7628 §3.1) --------------------------
+
+_kv_text = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_oauthbearer_parser_never_raises(data: bytes) -> None:
+    parsed = load("sasl_oauthbearer.py").module.parse_message(data)  # type: ignore[union-attr]
+    assert parsed is None or (isinstance(parsed[0], str) and parsed[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["n", "y"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=20),
+    _kv_text.filter(lambda t: "=" not in t),
+    st.lists(st.tuples(_kv_text.filter(lambda k: "=" not in k and k != "auth"), _kv_text)),
+)
+def test_oauthbearer_parser_reads_what_a_client_writes(
+    flag: str, authzid: str, token: str, extra: list[tuple[str, str]]
+) -> None:
+    escaped = authzid.replace("=", "=3D").replace(",", "=2C")
+    pairs = "".join(f"{key}={value}\x01" for key, value in extra)
+    header = f"{flag},a={escaped}," if authzid else f"{flag},,"
+    message = f"{header}\x01{pairs}auth=Bearer {token}\x01\x01".encode()
+    parse = load("sasl_oauthbearer.py").module.parse_message  # type: ignore[union-attr]
+    assert parse(message) == (authzid, token)

@@ -76,9 +76,12 @@ class Node:
         return run_cli(*args, "--config", str(self.config_path))
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mailwarden.cli.main", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

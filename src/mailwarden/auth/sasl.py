@@ -1,4 +1,5 @@
-"""Server side of the SASL mechanisms offered with AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN.
+"""Server side of the built-in SASL mechanisms offered with AUTH (RFC 4954): PLAIN (RFC 4616),
+LOGIN and EXTERNAL (RFC 4422 appendix A). A script's own mechanisms follow :mod:`.custom`.
 
 Sans-I/O: each mechanism takes the client's decoded data and answers with a challenge to send,
 the credentials to check, or a failure reply. Checking the credentials is the policy's job.
@@ -10,22 +11,37 @@ A new mechanism joins :data:`MECHANISMS` (name to factory), the one table ``mech
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from mailwarden.smtp import replies
 from mailwarden.smtp.replies import Reply
 
+PasswordCheck = Callable[[str, str], Awaitable[bool]]
+
 
 @dataclass(frozen=True, slots=True)
 class Credentials:
-    """What the client sent with AUTH. ``authzid`` is the PLAIN authorization identity."""
+    """What the client sent with AUTH. ``authzid`` is the PLAIN authorization identity.
+
+    The password is left out of ``repr``, so a script that logs its credentials (or a
+    traceback that shows them) does not write the secret into the log.
+    """
 
     mechanism: str
     username: str
-    password: str
+    password: str = field(repr=False)
     authzid: str = ""
+    # The listener's auth_password_file, when it has one (set by the server, not by SASL).
+    password_check: PasswordCheck | None = field(default=None, repr=False, compare=False)
+
+    async def password_file_matches(self) -> bool:
+        """Whether the listener's ``auth_password_file`` holds ``username`` with this
+        password; False when the listener has no password file."""
+        if self.password_check is None or not self.password:
+            return False
+        return await self.password_check(self.username, self.password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +110,22 @@ class LoginMechanism:
         return Challenge(b"Password:")
 
 
+class ExternalMechanism:
+    """RFC 4422 appendix A: the client's one message is the authorization identity it asks
+    for (empty: the identity its credentials, the TLS client certificate, establish). Who the
+    certificate names is the server's to fill in: ``username`` is left empty here."""
+
+    name = "EXTERNAL"
+
+    def step(self, data: bytes | None) -> Step:
+        if data is None:
+            return Challenge(b"")  # RFC 4954 §4: "334 " and the client sends its message
+        authzid = _text(data)
+        if authzid is None or "\x00" in authzid:
+            return _MALFORMED
+        return Credentials(self.name, "", "", authzid)
+
+
 class Mechanism(Protocol):
     """One server-side SASL exchange: ``step`` gets each decoded client message (None when the
     client sent no initial response) and answers with the next :data:`Step`."""
@@ -107,6 +139,7 @@ class Mechanism(Protocol):
 MECHANISMS: dict[str, Callable[[], Mechanism]] = {
     PlainMechanism.name: PlainMechanism,
     LoginMechanism.name: LoginMechanism,
+    ExternalMechanism.name: ExternalMechanism,
 }
 
 

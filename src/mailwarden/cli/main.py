@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from mailwarden.cli.auth import auth_app
 from mailwarden.cli.common import ConfigOption, err, load
 from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
@@ -40,6 +41,7 @@ config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(queue_app, name="queue")
 app.add_typer(datastore_app, name="datastore")
+app.add_typer(auth_app, name="auth")
 
 
 @app.command()
@@ -85,7 +87,26 @@ def _problems(settings: Config) -> list[str]:
         load_scripts(settings)
     except ScriptError as error:
         problems.append(str(error))
+    problems.extend(_password_file_problems(settings))
     return problems
+
+
+def _password_file_problems(settings: Config) -> list[str]:
+    """Each readable ``auth_password_file`` parsed as the node will (check_files already
+    reported those that are missing)."""
+    from mailwarden.auth.passwords import PasswordFileError, read_password_file
+
+    found = []
+    for index, server in enumerate(settings.servers):
+        path = server.auth_password_file
+        if path is None or not path.is_file():
+            continue
+        try:
+            read_password_file(path)
+        except PasswordFileError as error:
+            key = ("servers", index, "auth_password_file")
+            found.append(settings.describe_problem(key, str(error)))
+    return found
 
 
 def _checked(config_path: str | None) -> Config:

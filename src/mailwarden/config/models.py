@@ -340,7 +340,7 @@ class LimitSettings(BaseModel):
     )
 
 
-AuthMechanism = Literal["PLAIN", "LOGIN"]
+AuthMechanism = Literal["PLAIN", "LOGIN", "EXTERNAL"]
 TlsVersion = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertificateMode = Literal["off", "request", "require"]
 
@@ -415,6 +415,9 @@ class ServerSettings(BaseModel):
         default_factory=lambda: ["PLAIN", "LOGIN"], description="SASL mechanisms offered."
     )
     auth_requires_tls: bool = Field(True, description="Offer AUTH only after STARTTLS.")
+    auth_password_file: RelativePath | None = Field(
+        None, description="File of user:argon2-hash lines checked for PLAIN and LOGIN."
+    )
     bare_line_endings: BareLineEndings = Field(
         BareLineEndings.REJECT, strict=False, description="Bare CR or LF in DATA."
     )
@@ -453,6 +456,25 @@ class ServerSettings(BaseModel):
             )
         if self.tls_client_certificate != "off" and not self.certificates:
             raise _problems([(("tls_client_certificate",), "expected a certificate for TLS first")])
+        if "EXTERNAL" in self.auth_mechanisms and self.tls_client_ca is None:
+            # RFC 4422 appendix A: EXTERNAL stands on a verified client certificate.
+            raise _problems(
+                [
+                    (
+                        ("auth_mechanisms",),
+                        "expected tls_client_ca (and tls_client_certificate) for EXTERNAL",
+                    )
+                ]
+            )
+        if "EXTERNAL" in self.auth_mechanisms and self.tls_client_certificate == "off":
+            raise _problems(
+                [
+                    (
+                        ("auth_mechanisms",),
+                        'EXTERNAL needs tls_client_certificate = "request" or "require"',
+                    )
+                ]
+            )
         if self.tls_client_certificate == "require" and self.tls_client_ca is None:
             raise _problems(
                 [(("tls_client_ca",), "expected a CA file when tls_client_certificate = require")]
@@ -521,7 +543,13 @@ class ServerSettings(BaseModel):
         """``(key path, problem)`` for each configured file that is missing or unreadable."""
         named: list[tuple[KeyPath, Path | None]] = [
             ((key,), getattr(self, key))
-            for key in ("script", "tls_certificate", "tls_key", "tls_client_ca")
+            for key in (
+                "script",
+                "tls_certificate",
+                "tls_key",
+                "tls_client_ca",
+                "auth_password_file",
+            )
         ]
         for index, entry in enumerate(self.tls_certificates):
             named.append((("tls_certificates", index, "certificate"), entry.certificate))

@@ -3,6 +3,7 @@ the worker started with."""
 
 from __future__ import annotations
 
+from mailwarden.auth.passwords import read_password_file
 from mailwarden.config import Config
 from mailwarden.smtp.server_tls import build_server_tls
 
@@ -27,6 +28,14 @@ def check_certificates(config: Config) -> None:
     Raises ValueError (TlsSetupError) naming the server, the key and the files."""
     for settings in config.servers:
         build_server_tls(settings)
+
+
+def check_password_files(config: Config) -> None:
+    """Read every listener's ``auth_password_file``, for the same all-or-nothing reload.
+    Raises PasswordFileError (a ValueError) naming the file and line."""
+    for settings in config.servers:
+        if settings.auth_password_file is not None:
+            read_password_file(settings.auth_password_file)
 
 
 def restart_only_changes(started: Config, loaded: Config) -> list[str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailwarden import logs, stats
+from mailwarden.auth.passwords import PasswordFileError
 from mailwarden.config import Config, ConfigError, ServerSettings, load_config
 from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
@@ -27,7 +28,11 @@ from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, Superv
 from mailwarden.node.listeners import bind_listeners
 from mailwarden.node.notify import notify, notify_reloading
 from mailwarden.node.privileges import Identity, check_writable, drop_privileges
-from mailwarden.node.reload import check_certificates, restart_only_changes
+from mailwarden.node.reload import (
+    check_certificates,
+    check_password_files,
+    restart_only_changes,
+)
 from mailwarden.node.scripts import load_scripts
 from mailwarden.policy.script import PolicyScript, ScriptError
 from mailwarden.queue.manager import QueueManager
@@ -280,6 +285,7 @@ class Worker:
             config = load_config(self.config_path)
             scripts = load_scripts(config)
             check_certificates(config)  # all or nothing
+            check_password_files(config)
             for settings in config.servers:
                 if settings.id not in self.servers:
                     log.warning("reload: new server %s needs a restart to listen", settings.id)
@@ -356,6 +362,9 @@ def _new_server(
     except TlsSetupError as error:
         path = ("servers", index, *error.key)
         raise StartupError(config.describe_problem(path, error.problem)) from None
+    except PasswordFileError as error:
+        path = ("servers", index, "auth_password_file")
+        raise StartupError(config.describe_problem(path, str(error))) from None
 
 
 def _event_loop_factory() -> asyncio.AbstractEventLoop:

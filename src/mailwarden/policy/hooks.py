@@ -8,8 +8,9 @@ refusals under ``phase`` and ``counter``; a test checks docs/policy.md's hook ta
 
 The hooks run by delivery (``pre_delivery``, ``post_delivery``) have ``stage=Stage.DELIVERY``
 and ``failure=None``: no client waits for a reply, and the queue manager decides what a failed
-hook means for the message (:mod:`mailwarden.policy.delivery`). Room to grow: a script's own
-SASL mechanism is an entry with ``stage=Stage.SESSION`` beside ``auth``.
+hook means for the message (:mod:`mailwarden.policy.delivery`). A script's own SASL
+mechanisms are not hooks: they are classes in its ``SASL_MECHANISMS`` table, with their own
+contract (:mod:`mailwarden.auth.custom`), checked when the script loads.
 Lookups are plain dict lookups of prebuilt specs.
 """
 

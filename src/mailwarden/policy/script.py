@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from mailwarden.auth.custom import MechanismTableError, check_mechanisms
 from mailwarden.policy.hooks import HOOKS, HookSpec
 
 # The parameters of each hook, read from the registry (kept by this name for older imports).
@@ -38,11 +39,14 @@ class ScriptError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class PolicyScript:
-    """A loaded script: its hooks by name. A script with no file is the built-in default."""
+    """A loaded script: its hooks by name and its own SASL mechanisms (``SASL_MECHANISMS``,
+    see :mod:`mailwarden.auth.custom`) by upper-case name. A script with no file is the
+    built-in default."""
 
     path: Path | None
     hooks: dict[str, Hook] = field(default_factory=dict)
     module: ModuleType | None = None
+    mechanisms: dict[str, type] = field(default_factory=dict)
 
     def hook(self, name: str) -> Hook | None:
         return self.hooks.get(name)
@@ -239,7 +243,28 @@ def load_script(path: Path) -> PolicyScript:
         if candidate is None:
             continue
         hooks[hook_name] = _check_hook(path, spec, candidate)
-    return PolicyScript(path, hooks, module)
+    mechanisms: dict[str, type] = {}
+    table = getattr(module, "SASL_MECHANISMS", None)
+    if table is not None:
+        try:
+            mechanisms = check_mechanisms(table)
+        except MechanismTableError as error:
+            raise ScriptError(
+                f"{path}:{_assignment_line(path, 'SASL_MECHANISMS')}: {error}"
+            ) from None
+    return PolicyScript(path, hooks, module, mechanisms)
+
+
+def _assignment_line(path: Path, name: str) -> int | str:
+    """The line where the script assigns ``name`` at top level ("?" when not found)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "?"
+    for number, line in enumerate(lines, 1):
+        if line.startswith(name) and line[len(name) :].lstrip().startswith(("=", ":")):
+            return number
+    return "?"
 
 
 def _check_hook(path: Path, spec: HookSpec, candidate: object) -> Hook:

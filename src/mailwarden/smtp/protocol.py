@@ -102,6 +102,9 @@ class ProtocolSettings:
     tls_available: bool = False
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN")
     auth_requires_tls: bool = True
+    # Mechanisms that send no secret in clear (a script's ``safe_in_clear``): offered before
+    # TLS even when auth_requires_tls (RFC 4954 §4 leaves which ones to the server).
+    auth_clear_mechanisms: frozenset[str] = frozenset()
     max_auth_failures: int = 3
     # A listener with tls_client_certificate = "require": nothing but the commands that lead
     # to TLS before the handshake (RFC 3207 §4), so a client that never starts TLS cannot
@@ -167,6 +170,9 @@ class SmtpConnection:
         self.errors = 0
         self.auth_failures = 0
         self.tls_active = False
+        # Set by the caller after the handshake: the client's certificate verified, so
+        # EXTERNAL (RFC 4422 appendix A) has something to stand on and is offered.
+        self.client_certificate_verified = False
         self.authenticated = False
         self.helo_name: str | None = None
         self.extended = False
@@ -529,8 +535,19 @@ class SmtpConnection:
         if _COMMANDS["STARTTLS"].offered(self) is None:  # type: ignore[misc]
             keywords.append("STARTTLS")
         if _COMMANDS["AUTH"].offered(self) is None:  # type: ignore[misc]
-            keywords.append("AUTH " + " ".join(s.auth_mechanisms))
+            keywords.append("AUTH " + " ".join(self.offered_mechanisms()))
         return keywords
+
+    def offered_mechanisms(self) -> tuple[str, ...]:
+        """The SASL mechanisms offered now: before TLS only those safe in clear (unless
+        ``auth_requires_tls`` is off), EXTERNAL only with a verified client certificate."""
+        s = self.settings
+        names = s.auth_mechanisms
+        if not self.tls_active and s.auth_requires_tls:
+            names = tuple(name for name in names if name in s.auth_clear_mechanisms)
+        if not self.client_certificate_verified and "EXTERNAL" in names:
+            names = tuple(name for name in names if name != "EXTERNAL")
+        return names
 
     def _starttls_refusal(self) -> Reply | None:
         """Why STARTTLS is not offered now, or None (RFC 3207 §4.2: not again after TLS)."""
@@ -547,8 +564,10 @@ class SmtpConnection:
             return replies.AUTH_NOT_AVAILABLE
         if not self.tls_active and s.tls_required:
             return replies.STARTTLS_FIRST
-        if not self.tls_active and s.auth_requires_tls:
-            return replies.AUTH_NEEDS_TLS
+        if not self.offered_mechanisms():
+            if not self.tls_active and s.auth_requires_tls:
+                return replies.AUTH_NEEDS_TLS
+            return replies.AUTH_NOT_AVAILABLE
         return None
 
     # --- commands ------------------------------------------------------------------------------
@@ -808,8 +827,13 @@ class SmtpConnection:
         mechanism = mechanism.upper()
         if self.authenticated:
             self._error(replies.AUTH_ALREADY_DONE)  # RFC 4954 §4: one AUTH per session
-        elif mechanism not in self.settings.auth_mechanisms:
-            self._error(replies.AUTH_UNKNOWN_MECHANISM)
+        elif mechanism not in self.offered_mechanisms():
+            needs_tls = not self.tls_active and self.settings.auth_requires_tls
+            if needs_tls and mechanism in self.settings.auth_mechanisms:
+                # RFC 4954 §6: 538 for a mechanism offered only under TLS.
+                self._error(replies.AUTH_NEEDS_TLS)
+            else:
+                self._error(replies.AUTH_UNKNOWN_MECHANISM)
         elif not initial:
             self._await(events.AuthRequest(mechanism, None))
         elif initial == "*":

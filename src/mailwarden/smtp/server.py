@@ -9,6 +9,7 @@ builds a new snapshot for new connections only; an open connection keeps the one
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from mailwarden.auth.custom import safe_in_clear
+from mailwarden.auth.passwords import PasswordFile
 from mailwarden.policy.script import PolicyScript
 from mailwarden.smtp import replies
 from mailwarden.smtp.protocol import ProtocolSettings
@@ -68,6 +71,7 @@ class ListenerSnapshot:
     tls: ServerTls | None  # None: no certificate, no TLS
     spool_settings: SpoolSettings
     script: PolicyScript
+    passwords: PasswordFile | None = None  # auth_password_file, read afresh at each (re)load
     _trusted_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def is_trusted(self, ip: str) -> bool:
@@ -104,6 +108,20 @@ class TrackedSession(Protocol):
         """Close now with ``reply`` (the shutdown grace time is over)."""
 
 
+def _with_script_mechanisms(settings: ProtocolSettings, script: PolicyScript) -> ProtocolSettings:
+    """The listener's built-in mechanisms, then the script's own (``SASL_MECHANISMS``); those
+    a script marks ``safe_in_clear`` are offered before TLS too."""
+    if not script.mechanisms:
+        return settings
+    return dataclasses.replace(
+        settings,
+        auth_mechanisms=settings.auth_mechanisms + tuple(script.mechanisms),
+        auth_clear_mechanisms=frozenset(
+            name for name, factory in script.mechanisms.items() if safe_in_clear(factory)
+        ),
+    )
+
+
 class SmtpServer:
     def __init__(
         self,
@@ -138,19 +156,25 @@ class SmtpServer:
         connections; connections already open keep the snapshot they started with.
 
         Raises TlsSetupError (a ValueError naming key and file) if the TLS settings or files
-        cannot be used; nothing changes then.
+        cannot be used, PasswordFileError (a ValueError naming file and line) if the password
+        file cannot; nothing changes then.
         """
         tls = build_server_tls(settings)
+        path = settings.auth_password_file
+        passwords = PasswordFile(path) if path is not None else None
         if spool_settings is None:
             spool_settings = self.snapshot.spool_settings
         self.snapshot = ListenerSnapshot(
             settings=settings,
-            protocol_settings=settings.protocol_settings(node_hostname),
+            protocol_settings=_with_script_mechanisms(
+                settings.protocol_settings(node_hostname), script
+            ),
             local_domains=frozenset(d.lower().rstrip(".") for d in settings.local_domains),
             trusted_networks=tuple(ipaddress.ip_network(n) for n in settings.trusted_networks),
             tls=tls,
             spool_settings=spool_settings,
             script=script,
+            passwords=passwords,
         )
 
     @property

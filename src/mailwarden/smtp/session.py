@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mailwarden import logs
-from mailwarden.auth.sasl import Challenge, Failed, Mechanism, mechanism_for
+from mailwarden.auth.custom import Failure, ScriptMechanism, Success
+from mailwarden.auth.sasl import Challenge, Credentials, Failed, Mechanism, mechanism_for
 from mailwarden.metrics import instruments
 from mailwarden.policy import hooks
 from mailwarden.policy.actions import Accept, Defer, Reject
@@ -67,6 +70,10 @@ log = logging.getLogger("mailwarden.smtp")
 
 ANSWERED = object()  # _decide: the client already has its reply
 
+# A script's SASL mechanism gets this many steps per exchange (each client response is at most
+# one 12288-octet line, RFC 4954 §4): a mechanism that keeps challenging is a script bug.
+MAX_SASL_ROUNDS = 10
+
 # Stop reading from a client whose unprocessed input exceeds this (a slow hook or a flood):
 # memory per connection stays bounded (flow control, as uvicorn's FlowControl does).
 _HIGH_WATER = 256 * 1024
@@ -98,6 +105,9 @@ class SmtpSession(asyncio.Protocol):
         self._draining = False  # closed, waiting for the client to take the last replies
         self._task: asyncio.Task[None] | None = None
         self._sasl: Mechanism | None = None
+        self._script_sasl: ScriptMechanism | None = None  # a script's mechanism, mid-exchange
+        self._script_sasl_name = ""
+        self._sasl_rounds = 0
         self.remote_ip = ""  # the client's address; the listener counts connections by it
         # The relay rule's facts, kept here rather than read from ``conn``: whatever a script
         # does to its Connection object, it cannot change what the relay rule sees.
@@ -307,11 +317,18 @@ class SmtpSession(asyncio.Protocol):
         if name not in self.script.hooks:
             return None
         assert self.conn is not None
+        conn_id = self.conn.id
+        return await self._guarded(name, lambda: call_hook(self.script, name, conn_id, None, *args))
+
+    async def _guarded(self, name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Await script code under the hook time limit; HookFailed when it expires (``call``
+        itself turns the script's own errors into HookFailed)."""
+        assert self.conn is not None
         self._busy = True
         self._hook_deadline = self.server.loop.time() + self.settings.limits.hook_timeout
         self._hook_expired = False
         try:
-            result = await call_hook(self.script, name, self.conn.id, None, *args)
+            result = await call()
         except asyncio.CancelledError:
             if not self._hook_expired:
                 raise
@@ -469,6 +486,8 @@ class SmtpSession(asyncio.Protocol):
         self._writing_paused = self._reading_paused = self._input_full = False
         info = tls_info(new_transport.get_extra_info("ssl_object"), tls.verifier)
         self._peer_certificate = info.peer_certificate
+        certificate = info.peer_certificate
+        self.core.client_certificate_verified = certificate is not None and certificate.verified
         server_update(self.conn, tls=info)
         return True
 
@@ -524,8 +543,14 @@ class SmtpSession(asyncio.Protocol):
     async def _on_auth(self, event: events.AuthRequest | events.AuthResponse) -> None:
         assert self.conn is not None
         if isinstance(event, events.AuthRequest):
+            if event.mechanism in self.script.mechanisms:
+                await self._start_script_mechanism(event.mechanism, event.initial_response)
+                return
             self._sasl = mechanism_for(event.mechanism)
             step = self._sasl.step(event.initial_response)
+        elif self._script_sasl is not None:
+            await self._script_step(event.data)
+            return
         else:
             assert self._sasl is not None  # the core sends AuthResponse only inside AUTH
             step = self._sasl.step(event.data)
@@ -538,24 +563,129 @@ class SmtpSession(asyncio.Protocol):
             return
         # Logged with the mechanism only: user names and passwords stay out of the log.
         detail = f" mechanism={step.mechanism}"
+        credentials = self._completed(step)
+        if credentials is None:
+            await self._auth_failed(detail)
+            return
         try:
-            action = await self._hook(hooks.AUTH, self.conn, step)
+            action = await self._check_credentials(credentials)
         except HookFailed:
             self._hook_failed(hooks.AUTH, detail)
             return
         if isinstance(action, Accept):
-            self._auth = AuthIdentity(step.username, step.mechanism)
-            server_update(self.conn, auth=self._auth)
-            self.core.send_reply(replies.AUTH_SUCCEEDED)
-            return
+            self._authenticated(credentials.username, credentials.mechanism)
+        elif isinstance(action, Reject | Defer):
+            await self._auth_delay()
+            self._refuse(action, hooks.AUTH, detail)
+        else:
+            await self._auth_failed(detail)
+
+    def _completed(self, step: Credentials) -> Credentials | None:
+        """The credentials as the check sees them: with the listener's password file, and for
+        EXTERNAL with the identity of the verified client certificate (None when there is
+        none, or when the client asks to act as someone else, RFC 4422 appendix A)."""
+        passwords = self.snapshot.passwords
+        if step.mechanism != "EXTERNAL":
+            if passwords is None:
+                return step
+            return dataclasses.replace(step, password_check=passwords.verify)
+        certificate = self._peer_certificate
+        identity = certificate.common_name if certificate and certificate.verified else None
+        if not identity or (step.authzid and step.authzid != identity):
+            return None
+        return dataclasses.replace(step, username=identity)
+
+    async def _check_credentials(self, credentials: Credentials) -> Any:
+        """The script's ``auth`` hook decides when it has one; otherwise a verified certificate
+        is enough for EXTERNAL, and PLAIN and LOGIN need the password file's word.
+        Raises HookFailed as ``_hook`` does (the password check failing counts as that)."""
+        if hooks.AUTH.name in self.script.hooks:
+            return await self._hook(hooks.AUTH, self.conn, credentials)
+        if credentials.mechanism == "EXTERNAL":
+            return Accept()
+        try:
+            matched = await credentials.password_file_matches()
+        except Exception:
+            log.exception("connection %s: password check failed", self.conn_id)
+            raise HookFailed("auth") from None
+        return Accept() if matched else None
+
+    def _authenticated(self, identity: str, mechanism: str) -> None:
+        self._auth = AuthIdentity(identity, mechanism)
+        server_update(self.conn, auth=self._auth)
+        self.core.send_reply(replies.AUTH_SUCCEEDED)
+
+    async def _auth_delay(self) -> None:
         counters.auth_failures += 1
         # Slow down guessing: each failure on this connection waits longer before the answer.
         await asyncio.sleep(self.core.auth_failure_delay() + 0.25)
-        if isinstance(action, Reject | Defer):
-            self._refuse(action, hooks.AUTH, detail)
+
+    async def _auth_failed(self, detail: str) -> None:
+        await self._auth_delay()
+        self._refused(hooks.AUTH, replies.AUTH_FAILED, detail)
+        self.core.send_reply(replies.AUTH_FAILED)
+
+    # --- a script's own SASL mechanisms (mailwarden.auth.custom) ------------------------------
+
+    async def _start_script_mechanism(self, name: str, initial: bytes | None) -> None:
+        factory = self.script.mechanisms[name]
+        self._sasl_rounds = 0
+        try:
+            self._script_sasl = factory()
+        except (Exception, SystemExit, KeyboardInterrupt):  # as policy.runner: never the worker
+            counters.script_errors += 1
+            log.exception("connection %s: SASL mechanism %s failed to start", self.conn_id, name)
+            self._script_sasl_failed(name)
+            return
+        self._script_sasl_name = name
+        await self._script_step(initial)
+
+    async def _script_step(self, response: bytes | None) -> None:
+        """One step of the script's mechanism: 334 with its challenge, 235 with its identity,
+        535 on its failure; 454 4.7.0 when it raises, runs past ``hook_timeout``, answers
+        anything else or keeps challenging past the round limit."""
+        mechanism, name = self._script_sasl, self._script_sasl_name
+        assert mechanism is not None and self.conn is not None
+        self._sasl_rounds += 1
+        try:
+            result = await self._guarded(
+                f"SASL {name}", lambda: _run_step(mechanism, self.conn, response, name)
+            )
+        except HookFailed:
+            self._script_sasl = None
+            self._script_sasl_failed(name)
+            return
+        problem = None
+        if isinstance(result, Challenge) and isinstance(result.data, bytes):
+            if self._sasl_rounds < MAX_SASL_ROUNDS:
+                self.core.send_auth_challenge(result.data)
+                return
+            problem = f"a challenge past the limit of {MAX_SASL_ROUNDS} rounds"
+        self._script_sasl = None
+        detail = f" mechanism={name}"
+        if problem is None and isinstance(result, Success) and _valid_identity(result.identity):
+            self._authenticated(result.identity, name)
+        elif problem is None and isinstance(result, Failure):
+            await self._auth_failed(detail)
         else:
-            self._refused(hooks.AUTH, replies.AUTH_FAILED, detail)
-            self.core.send_reply(replies.AUTH_FAILED)
+            counters.script_errors += 1
+            log.error(
+                "connection %s: SASL mechanism %s answered %s; expected Challenge(bytes),"
+                " Success(identity) or Failure()",
+                self.conn_id,
+                name,
+                problem or _describe(result),
+            )
+            self._script_sasl_failed(name)
+
+    def _script_sasl_failed(self, name: str) -> None:
+        reply = replies.AUTH_TEMPORARY_FAILURE
+        self._refused(hooks.AUTH, reply, f" mechanism={name}")
+        self.core.send_reply(reply)
+
+    @property
+    def conn_id(self) -> str:
+        return self.conn.id if self.conn is not None else "?"
 
     async def _on_mail(self, event: events.MailFrom) -> None:
         assert self.conn is not None
@@ -849,3 +979,28 @@ _HANDLERS: dict[type, Any] = {
     events.Vrfy: SmtpSession._on_vrfy,
     events.ConnectionClosing: SmtpSession._on_closing,
 }
+
+
+async def _run_step(
+    mechanism: ScriptMechanism, conn: Any, response: bytes | None, name: str
+) -> Any:
+    """``mechanism.step``, with the script's own errors logged and turned into HookFailed."""
+    try:
+        return await mechanism.step(conn, response)
+    except (Exception, SystemExit, KeyboardInterrupt):  # as policy.runner: never the worker
+        counters.script_errors += 1
+        log.exception("connection %s: SASL mechanism %s raised", conn.id, name)
+        raise HookFailed(name) from None
+
+
+def _describe(result: object) -> str:
+    """What a mechanism answered, for the log: its type, and for Success the identity's type
+    (never a value: it may hold what the client sent)."""
+    if isinstance(result, Success):
+        return f"Success with an unusable identity ({type(result.identity).__name__})"
+    return type(result).__name__
+
+
+def _valid_identity(identity: object) -> bool:
+    """An identity fit for ``conn.auth`` and the log: a non-empty printable string."""
+    return isinstance(identity, str) and 0 < len(identity) <= 255 and identity.isprintable()
