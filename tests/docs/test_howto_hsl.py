@@ -15,7 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
-from tests.support.howto import blocks
+from tests.support.howto import Block, blocks
 
 import mailwarden.lib
 from mailwarden.policy import actions, delivery
@@ -104,7 +104,7 @@ def test_table_example_compiles_and_names_what_exists(line: int, code: str) -> N
 
 
 @pytest.mark.parametrize("block", PYTHON, ids=[f"line{b.line}" for b in PYTHON])
-def test_python_block_runs(block: object) -> None:
-    code = compile(block.text, f"{PAGE.name}:{block.line}", "exec")  # type: ignore[attr-defined]
+def test_python_block_runs(block: Block) -> None:
+    code = compile(block.text, f"{PAGE.name}:{block.line}", "exec")
     namespace: dict[str, object] = {"__name__": "howto_example"}
     exec(code, namespace)
