@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import importlib
 import re
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from tests.support.howto import Block, blocks
 
 import mailwarden.lib
+from mailwarden import stats
 from mailwarden.policy import actions, delivery
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "howto" / "from-hsl.md"
@@ -103,7 +106,17 @@ def test_table_example_compiles_and_names_what_exists(line: int, code: str) -> N
             assert hasattr(module, node.attr), f"{PAGE.name}:{line}: no {node.value.id}.{node.attr}"
 
 
+@pytest.fixture
+def own_counters() -> Iterator[None]:
+    """The blocks call stat(): count into a copy, so this process's counters stay as they were."""
+    saved = copy.deepcopy(stats.script_counters)
+    yield
+    stats.script_counters.clear()
+    stats.script_counters.update(saved)
+
+
 @pytest.mark.parametrize("block", PYTHON, ids=[f"line{b.line}" for b in PYTHON])
+@pytest.mark.usefixtures("own_counters")
 def test_python_block_runs(block: Block) -> None:
     code = compile(block.text, f"{PAGE.name}:{block.line}", "exec")
     namespace: dict[str, object] = {"__name__": "howto_example"}
