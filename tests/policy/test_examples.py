@@ -55,6 +55,9 @@ EXPECTED_HOOKS = {
     "count_client_certificates.py": {"helo"},
     "greylisting.py": {"rcpt_to"},  # end to end in tests/lib/test_e2e_greylisting.py
     "disclaimer.py": {"data"},
+    # End to end in tests/lib/test_e2e_example_inbound.py and test_e2e_example_outbound.py.
+    "inbound_filter.py": {"connect", "mail_from", "rcpt_to", "data"},
+    "outbound_relay.py": {"auth", "mail_from", "data"},
 }
 
 _connection_numbers = iter(range(1, 1_000_000))
