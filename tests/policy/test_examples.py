@@ -61,6 +61,9 @@ EXPECTED_HOOKS = {
     "sasl_cram_md5.py": set(),
     "sasl_totp.py": set(),
     "sasl_oauthbearer.py": set(),
+    # End to end in tests/lib/test_e2e_example_inbound.py and test_e2e_example_outbound.py.
+    "inbound_filter.py": {"connect", "mail_from", "rcpt_to", "data"},
+    "outbound_relay.py": {"auth", "mail_from", "data"},
 }
 
 EXPECTED_MECHANISMS = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from mailwarden.lib.scanners import (
@@ -30,6 +31,7 @@ from mailwarden.lib.scanners import (
     open_socket,
     settings,
 )
+from mailwarden.metrics.instruments import observe_scanner
 from mailwarden.policy.context import Message
 
 __all__ = ["ClamResult", "ScannerError", "scan"]
@@ -60,12 +62,16 @@ async def scan(
     check_message(message)
     address = address or settings().clamd_address
     seconds = check_timeout(timeout)
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(seconds):
             reply = await _instream(message, address)
+        return parse_reply(reply, address)
     except TimeoutError:
         raise ScannerTimeout(SCANNER, address, f"no verdict within {seconds:g}s") from None
-    return parse_reply(reply, address)
+    finally:
+        # Every call, verdict or ScannerError: a slow or failing clamd shows on /metrics.
+        observe_scanner(SCANNER, time.perf_counter() - started)
 
 
 async def _instream(message: Message | bytes, address: str) -> bytes:

@@ -14,6 +14,7 @@ Over :mod:`mailwarden.lib.http` (httpx, one pooled client per worker); its failu
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +32,7 @@ from mailwarden.lib.scanners import (
     message_bytes,
     settings,
 )
+from mailwarden.metrics.instruments import observe_scanner
 from mailwarden.policy.context import Connection, Message, Transaction
 
 __all__ = ["ACTIONS", "RspamdResult", "RspamdSymbol", "ScannerError", "check"]
@@ -112,6 +114,17 @@ async def check(
     seconds = check_timeout(timeout)
     headers = envelope_headers(conn, tx, ip, helo, sender, recipients, queue_id, user, hostname)
     endpoint = f"{base}/checkv2"
+    started = time.perf_counter()
+    try:
+        return await _post(message, endpoint, headers, seconds)
+    finally:
+        # Every call, verdict or ScannerError: a slow or failing rspamd shows on /metrics.
+        observe_scanner(SCANNER, time.perf_counter() - started)
+
+
+async def _post(
+    message: Message | bytes, endpoint: str, headers: list[tuple[str, str]], seconds: float
+) -> RspamdResult:
     try:
         response = await http.post(
             endpoint,

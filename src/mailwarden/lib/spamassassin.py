@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from dataclasses import dataclass
 
 from mailwarden.lib.scanners import (
@@ -31,6 +32,7 @@ from mailwarden.lib.scanners import (
     open_socket,
     settings,
 )
+from mailwarden.metrics.instruments import observe_scanner
 from mailwarden.policy.context import Message
 
 __all__ = ["DEFAULT_MAX_BYTES", "ScannerError", "SpamResult", "check"]
@@ -91,12 +93,17 @@ async def check(
     if user is not None:
         request.append(b"User: " + user.encode())
     head = b"\r\n".join(request) + b"\r\n\r\n"
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(seconds):
             reply = await _exchange(head, data, address)
+        return parse_reply(reply, address)
     except TimeoutError:
         raise ScannerTimeout(SCANNER, address, f"no verdict within {seconds:g}s") from None
-    return parse_reply(reply, address)
+    finally:
+        # Every call that reached spamd, verdict or ScannerError (a skipped message is not
+        # sent, so it is not a scanner call).
+        observe_scanner(SCANNER, time.perf_counter() - started)
 
 
 async def _exchange(head: bytes, data: bytes, address: str) -> bytes:
