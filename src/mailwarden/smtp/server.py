@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mailwarden.policy.script import PolicyScript
+from mailwarden.queue.retention import DEFAULT_RETENTION
 from mailwarden.smtp import replies
 from mailwarden.smtp.protocol import ProtocolSettings
 from mailwarden.smtp.replies import Reply
@@ -68,6 +69,7 @@ class ListenerSnapshot:
     tls: ServerTls | None  # None: no certificate, no TLS
     spool_settings: SpoolSettings
     script: PolicyScript
+    hold_retention: float = DEFAULT_RETENTION  # [queue] hold_retention: a data hook's Hold
     _trusted_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def is_trusted(self, ip: str) -> bool:
@@ -113,6 +115,7 @@ class SmtpServer:
         spool: SpoolStore,
         spool_settings: SpoolSettings,
         worker: int = 0,
+        hold_retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.spool = spool
@@ -125,7 +128,7 @@ class SmtpServer:
         self._message_ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
         self.snapshot: ListenerSnapshot
-        self.apply(settings, node_hostname, script, spool_settings)
+        self.apply(settings, node_hostname, script, spool_settings, hold_retention)
 
     def apply(
         self,
@@ -133,9 +136,11 @@ class SmtpServer:
         node_hostname: str,
         script: PolicyScript,
         spool_settings: SpoolSettings | None = None,
+        hold_retention: float | None = None,
     ) -> None:
-        """Take new settings, script and spool settings (None: keep the current ones) for new
-        connections; connections already open keep the snapshot they started with.
+        """Take new settings, script, spool settings and hold retention (None: keep the
+        current ones) for new connections; connections already open keep the snapshot they
+        started with.
 
         Raises TlsSetupError (a ValueError naming key and file) if the TLS settings or files
         cannot be used; nothing changes then.
@@ -143,6 +148,8 @@ class SmtpServer:
         tls = build_server_tls(settings)
         if spool_settings is None:
             spool_settings = self.snapshot.spool_settings
+        if hold_retention is None:
+            hold_retention = self.snapshot.hold_retention
         self.snapshot = ListenerSnapshot(
             settings=settings,
             protocol_settings=settings.protocol_settings(node_hostname),
@@ -151,6 +158,7 @@ class SmtpServer:
             tls=tls,
             spool_settings=spool_settings,
             script=script,
+            hold_retention=hold_retention,
         )
 
     @property
