@@ -128,15 +128,18 @@ def test_an_operators_hold_with_a_retention_ends_on_the_running_node(tmp_path: P
             lambda: [m for m in queued(node) if m.recipients[0].retry_count >= 1],
             what="a deferred message",
         )
+        before = time.time()
         result = node.mailwarden(
             "queue", "update", "hold", f"id={message.id}", "--retention", "2s", "--yes"
         )
         assert result.returncode == 0, result.stderr
-        held_at = time.time()
-        assert held(node)
+        after = time.time()
+        (kept,) = held(node)
+        end = kept.recipients[0].next_attempt
         wait_until(lambda: not queued(node), timeout=15, what="the held message gone")
         gone_at = time.time()
-    assert gone_at >= held_at + 1.5  # its retention, from the hold (clock reads a little apart)
+    assert end is not None and before + 2 <= end <= after + 2  # 2 s from the hold
+    assert gone_at >= end  # not before its time
 
 
 def test_nothing_expires_while_delivery_is_off(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from mailwarden.policy.context import Recipient
 from mailwarden.queue.retention import (
     DEFAULT_RETENTION,
     FOREVER,
+    MIN_GAP,
     HoldTerms,
     OnExpiry,
     next_sweep,
@@ -225,9 +226,11 @@ def test_the_next_sweep_is_at_the_earliest_end_but_at_most_an_interval_away() ->
     assert next_sweep(NOW, interval=60, earliest_end=None, backlog=False) == NOW + 60
     assert next_sweep(NOW, interval=60, earliest_end=NOW + 5, backlog=False) == NOW + 5
     assert next_sweep(NOW, interval=60, earliest_end=NOW + 3600, backlog=False) == NOW + 60
-    # An end already past (a sweep that could not take it: a live lease) waits no less than
-    # now, and a sweep that stopped at its batch limit goes on at once.
-    assert next_sweep(NOW, interval=60, earliest_end=NOW - 5, backlog=False) == NOW
+    # An end already past (a sweep that could not take it) is no reason to spin; ends close
+    # together go in one sweep; a sweep that stopped at its batch limit goes on at once.
+    assert next_sweep(NOW, interval=60, earliest_end=NOW - 5, backlog=False) == NOW + MIN_GAP
+    assert next_sweep(NOW, interval=60, earliest_end=NOW + 0.01, backlog=False) == NOW + MIN_GAP
+    assert next_sweep(NOW, interval=0.1, earliest_end=NOW - 5, backlog=False) == NOW + 0.1
     assert next_sweep(NOW, interval=60, earliest_end=NOW + 30, backlog=True) == NOW
 
 
@@ -240,6 +243,6 @@ def test_a_sweep_is_never_in_the_past_nor_more_than_an_interval_away(
     now: float, interval: float, earliest: float | None
 ) -> None:
     at = next_sweep(now, interval=interval, earliest_end=earliest, backlog=False)
-    assert now <= at <= now + interval
-    if earliest is not None and now <= earliest <= now + interval:
+    assert now + min(MIN_GAP, interval) <= at <= now + interval
+    if earliest is not None and now + MIN_GAP <= earliest <= now + interval:
         assert at == earliest  # on time when the end is known

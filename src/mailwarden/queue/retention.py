@@ -160,14 +160,18 @@ def plan_expiry(message: SpoolRecord, now: float, make_dsn: DsnFor) -> Expiry | 
     return Expiry(change, len(ended) - len(bounce), len(bounce))
 
 
+MIN_GAP = 0.25  # seconds between two sweeps at least, unless a backlog is worked through
+
+
 def next_sweep(now: float, *, interval: float, earliest_end: float | None, backlog: bool) -> float:
     """When a worker next looks for ended retentions: at once while the last sweep stopped at
     its batch limit (``backlog``), else at the earliest retention end of its shard but at most
     ``interval`` from ``now`` (a hold made meanwhile may end sooner: it waits one interval at
-    most)."""
+    most), and never sooner than :data:`MIN_GAP` (ends a few milliseconds apart go in one
+    sweep; an end already past, which a sweep could not take, is no reason to spin)."""
     if backlog:
         return now
     later = now + interval
     if earliest_end is None:
         return later
-    return min(later, max(earliest_end, now))
+    return min(later, max(earliest_end, now + MIN_GAP))

@@ -95,7 +95,7 @@ def expire(
         if unlink is not None:
             swept.unlink.append(unlink)
         swept.changed.append((message, change))
-    swept.earliest_end = earliest_end(db)
+    swept.earliest_end = earliest_end(db, now)
     return swept
 
 
@@ -105,11 +105,17 @@ def _original(
     return original(db, spool_dir, message_id, max_body=max_body)
 
 
-def earliest_end(db: sqlite3.Connection) -> float | None:
-    """The earliest retention end of a held recipient (the index's first held entry), or
-    None when none is held or every one is kept for ever."""
+def earliest_end(db: sqlite3.Connection, now: float) -> float | None:
+    """The earliest retention end of a held recipient of a message no live lease holds, or
+    None when there is none or every one is kept for ever. The index gives the held ones in
+    order of their end, so the scan stops at the first not being delivered; a message being
+    delivered is not waited for (its end is past: the sweep would run again at once for as
+    long as the delivery lasts), the next sweep of the interval finds it."""
     row = db.execute(
-        "SELECT min(next_attempt) FROM recipients WHERE state = ?", (_HELD,)
+        "SELECT r.next_attempt FROM recipients AS r JOIN messages AS m ON m.id = r.message_id"
+        " WHERE r.state = ? AND (m.lease_until IS NULL OR m.lease_until <= ?)"
+        " ORDER BY r.next_attempt LIMIT 1",
+        (_HELD, now),
     ).fetchone()
     if row is None or row[0] is None or math.isinf(row[0]):
         return None
