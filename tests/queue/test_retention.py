@@ -82,7 +82,7 @@ def test_a_hold_keeps_for_its_retention_from_the_time_of_the_hold() -> None:
     assert HoldTerms(3600).until(NOW) == NOW + 3600
     assert HoldTerms(FOREVER).until(NOW) == FOREVER
     assert HoldTerms().retention == DEFAULT_RETENTION == 30 * 86400
-    assert HoldTerms(10, "bounce").on_expiry is OnExpiry.BOUNCE
+    assert HoldTerms(10, OnExpiry.BOUNCE).until(NOW) == NOW + 10
     with pytest.raises(ValueError, match="on_expiry"):
         HoldTerms(10, "keep")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="retention"):

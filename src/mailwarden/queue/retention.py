@@ -90,16 +90,11 @@ class HoldTerms:
     def __post_init__(self) -> None:
         if math.isnan(self.retention) or self.retention <= 0:
             raise ValueError(f"a retention must be > 0 seconds or FOREVER, got {self.retention}")
-        object.__setattr__(self, "on_expiry", parse_on_expiry(self.on_expiry))  # "bounce" too
+        parse_on_expiry(self.on_expiry)  # raises ValueError for anything else
 
     def until(self, held_at: float) -> float:
         """The retention end of a hold made at ``held_at``."""
         return held_at + self.retention  # inf + t is inf: for ever
-
-
-def terms(retention: float | None, on_expiry: str, default: float) -> HoldTerms:
-    """The terms of a hold that gives ``retention`` (None: ``default``) and ``on_expiry``."""
-    return HoldTerms(default if retention is None else retention, parse_on_expiry(on_expiry))
 
 
 def retention_end(state: RecipientState, next_attempt: float | None) -> float | None:

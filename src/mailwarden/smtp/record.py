@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from mailwarden.policy.context import Connection, Recipient, Transaction
 from mailwarden.policy.headers import Headers
-from mailwarden.queue.retention import DEFAULT_RETENTION, HoldTerms
+from mailwarden.queue.retention import DEFAULT_RETENTION, HoldTerms, parse_on_expiry
 from mailwarden.spool.states import RecipientState
 from mailwarden.spool.store import SpooledRecipient, SpoolRecord
 from mailwarden.spool.writer import MessageWriter
@@ -59,7 +59,8 @@ def spool_record(
 def _recipient(r: Recipient, received_at: float, hold_retention: float) -> SpooledRecipient:
     if r.state is not RecipientState.HELD:
         return SpooledRecipient(r.address, r.params, r.metadata, r.state.value, r.reason)
-    terms = HoldTerms(hold_retention if r.retention is None else r.retention, r.on_expiry)
+    retention = hold_retention if r.retention is None else r.retention
+    terms = HoldTerms(retention, parse_on_expiry(r.on_expiry))
     return SpooledRecipient(
         r.address,
         r.params,
