@@ -148,3 +148,37 @@ def test_nothing_expires_while_delivery_is_off(tmp_path: Path) -> None:
         wait_until(lambda: held(node), what="the held message")
         time.sleep(RETENTION + 1.5)  # past its retention, three sweep intervals more
         assert len(held(node)) == 1
+
+
+HOLD_BEFORE_DELIVERY = f"""
+from mailwarden.policy.delivery import Hold
+
+
+async def pre_delivery(attempt):
+    if attempt.sender:  # not the DSN it leads to
+        return Hold("held by pre_delivery", retention={RETENTION}, on_expiry="bounce")
+    return None
+"""
+
+
+def test_a_hold_from_pre_delivery_ends_with_its_retention(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "pre.py").write_text(HOLD_BEFORE_DELIVERY)
+    with peer_node(tmp_path / "peer") as peer:
+        port = free_port()
+        config = node_config(port, server='script = "pre.py"\n', body=route_to(peer.port) + QUEUE)
+        (out / "mailwarden.toml").write_text(config)
+        with node_process(out, out / "mailwarden.toml", port) as node:
+            send(node.port, SENDER, ["frank@example.net"], "held before delivery")
+            (message,) = wait_until(lambda: held(node), what="held by pre_delivery")
+            end = message.recipients[0].next_attempt
+            ((dsn_record, dsn_data),) = wait_until(
+                lambda: received(peer), timeout=20, what="the DSN at the peer"
+            )
+            gone_at = time.time()
+            wait_until(lambda: not queued(node), what="an empty sending queue")
+    assert message.recipients[0].reason == "held by pre_delivery"
+    assert end is not None and message.received_at + RETENTION <= end  # from the attempt
+    assert gone_at >= end
+    assert dsn_record.sender == "" and "frank@example.net" in dsn_data.decode()
