@@ -35,8 +35,9 @@ from mailwarden.spool.states import FINAL, RecipientState
 
 FOREVER = math.inf  # a retention (and a retention end) that never passes
 DEFAULT_RETENTION = 30 * 86400.0
-"""30 days: the longest default of the hosted quarantines operators know, long enough for a
-review across holidays, and bounded, so a forgotten quarantine does not fill the spool."""
+"""30 days: long enough for someone to review a quarantine across a holiday, and bounded, so a
+quarantine nobody looks at does not fill the spool (an operator who wants a hold kept until
+released says so: ``"forever"``)."""
 DEFAULT_SWEEP_INTERVAL = 60.0  # seconds between a worker's looks for ended retentions
 
 EXPIRED_REASON = "retention of the hold ended"
