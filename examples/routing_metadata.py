@@ -8,9 +8,12 @@
   1. a message from a sender in ``DISCARD_SENDERS`` is discarded: the client gets 250, nothing
      is queued (for noisy robots whose mail nobody reads; rejecting would make them retry);
   2. a message an upstream filter flagged (``X-Spam-Flag: YES``) is held: kept in the spool in
-     quarantine, for every recipient, until an operator releases or deletes it;
+     quarantine, for every recipient, until an operator releases or deletes it, or for
+     ``SPAM_RETENTION``, after which it is discarded without a bounce (the sender of spam is
+     usually forged: a bounce would be backscatter);
   3. otherwise recipients in ``QUARANTINED_RECIPIENTS`` are held one by one
-     (``recipient.hold()``) while the others are queued;
+     (``recipient.hold()``), for ever: a legal hold ends only when someone releases it,
+     while the others are queued;
   4. ``Queue(metadata=...)`` adds the same metadata to every recipient (here: which listener
      took the message), merged over what RCPT TO stored.
 
@@ -33,6 +36,7 @@ DEFAULT_TRANSPORT = "mx"  # look up the recipient domain's MX records
 
 DISCARD_SENDERS = frozenset({"cron@monitoring.example.net"})
 QUARANTINED_RECIPIENTS = frozenset({"legal-hold@example.com"})
+SPAM_RETENTION = "14d"  # then discarded; [queue] hold_retention (30 days) if left out
 
 
 def transport_for(address: str) -> str:
@@ -52,10 +56,10 @@ async def data(conn: Connection, tx: Transaction, message: Message) -> Discard |
 
     if (message.headers.get("X-Spam-Flag") or "").strip().upper() == "YES":
         # Holds every recipient still active, each with this reason.
-        return Hold("spam flag set by the upstream filter")
+        return Hold("spam flag set by the upstream filter", retention=SPAM_RETENTION)
 
     for recipient in tx.recipients:
         if recipient.address.lower() in QUARANTINED_RECIPIENTS:
-            recipient.hold("legal hold: kept for review")
+            recipient.hold("legal hold: kept for review", retention="forever")
 
     return Queue(metadata={"received_by": conn.server_id})

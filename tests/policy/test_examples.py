@@ -370,7 +370,9 @@ async def test_flagged_message_is_held_for_every_recipient() -> None:
     tx = transaction("someone@sender.example", "a@example.com", "b@example.com")
     msg = message(b"Subject: win\r\nX-Spam-Flag: yes\r\n")
     action = await decide(load("routing_metadata.py"), "data", connection(), tx, msg)
-    assert action == Hold("spam flag set by the upstream filter")
+    assert action == Hold("spam flag set by the upstream filter", retention="14d")
+    assert isinstance(action, Hold) and action.retention == 14 * 86400.0  # then discarded
+    assert action.on_expiry == "discard"
 
 
 async def test_robot_sender_is_discarded() -> None:
@@ -394,6 +396,7 @@ async def test_quarantined_recipient_is_held_and_the_others_queued() -> None:
     assert action == Queue(metadata={"received_by": "inbound"})
     held, queued = tx.recipients
     assert (held.state, held.reason) == (RecipientState.HELD, "legal hold: kept for review")
+    assert held.retention == float("inf")  # a legal hold is kept until released
     assert queued.state is RecipientState.ACTIVE
     assert held.metadata == {"transport": "lmtp:unix:/run/dovecot/lmtp"}
 

@@ -7,6 +7,7 @@ import ast
 import io
 from pathlib import Path
 
+from mailwarden.policy.actions import Hold
 from mailwarden.policy.context import (
     AuthIdentity,
     Connection,
@@ -17,6 +18,7 @@ from mailwarden.policy.context import (
     server_update,
 )
 from mailwarden.policy.headers import Headers
+from mailwarden.policy.outcome import apply_end_of_data
 from mailwarden.smtp import server, session
 from mailwarden.smtp.record import spool_record
 from mailwarden.smtp.server import TrackedSession
@@ -101,5 +103,27 @@ def test_spool_record_carries_the_envelope_and_the_kept_recipients(tmp_path: Pat
     assert record.size == len(b"Subject: hi\r\n\r\nbody\r\n")
     assert [(r.address, r.metadata, r.state) for r in record.recipients] == [
         ("a@example.com", {"transport": "lmtp"}, "active")
+    ]
+    writer.discard()
+
+
+def test_a_held_recipient_is_spooled_with_the_end_of_its_retention(tmp_path: Path) -> None:
+    writer = MessageWriter("m2", lambda message_id: tmp_path / message_id, 1 << 20)
+    writer.write(b"Subject: spam\r\n\r\nbody\r\n")
+    tx = Transaction("m2", Sender("s@example.org", {}))
+    tx.recipients = [Recipient(f"{name}@example.com", {}) for name in ("a", "b", "c", "d")]
+    # As a data hook does: some recipients one by one, then an action for the rest.
+    tx.recipients[0].hold("legal hold", retention="forever")
+    tx.recipients[1].hold("own terms")  # no retention of its own: the configured one
+    tx.recipients[3].discard()
+    spam = Hold("spam", retention="2h", on_expiry="bounce")
+    kept = apply_end_of_data(spam, tx.recipients).kept
+    assert kept == tx.recipients[:3]
+    headers = Headers.parse(writer.header_block())
+    record = spool_record(_conn(), tx, writer, headers, kept, 1000.0, hold_retention=600.0)
+    assert [(r.state, r.reason, r.next_attempt, r.on_expiry) for r in record.recipients] == [
+        ("held", "legal hold", float("inf"), "discard"),
+        ("held", "own terms", 1600.0, "discard"),
+        ("held", "spam", 1000.0 + 7200, "bounce"),
     ]
     writer.discard()

@@ -1,16 +1,18 @@
 """Schema versions: a shard of the first release opens under the new code and keeps every
-message; opening is idempotent; a shard newer than the code refuses to open."""
+message; opening is idempotent; a shard newer than the code refuses to open; recipients held
+before version 4 (quarantine retention) stay held until released."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from pathlib import Path
 
 import pytest
 from tests.spool.spool_support import record, write_v1_shard
 
-from mailwarden.spool import reader
+from mailwarden.spool import reader, schema
 from mailwarden.spool.errors import SpoolError
 from mailwarden.spool.schema import CURRENT_VERSION
 from mailwarden.spool.states import RecipientState
@@ -100,3 +102,42 @@ def test_a_shard_newer_than_the_code_refuses_to_open(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match="newer than this Mailwarden knows"):
         list(reader.iter_messages(spool))
     assert user_version(shard) == CURRENT_VERSION + 1  # left as it was
+
+
+def v3_shard(spool: Path) -> Path:
+    """A shard as version 3 left it: a v1 shard (message m1 and m2, each with an active and
+    a held recipient whose next attempt is its arrival) migrated by the v2 and v3 steps."""
+    write_v1_shard(spool, b"spilled\r\n")
+    path = spool / "shard-0.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for version, step in schema.MIGRATIONS:
+            if 1 < version <= 3:
+                step(db)
+        db.execute("PRAGMA user_version = 3")
+    finally:
+        db.close()
+    return path
+
+
+def test_version_4_keeps_what_was_held_before_it_until_released(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    path = v3_shard(spool)
+    # Read by a CLI before any node of this version opened it: already "until released".
+    before = {m.id: m.recipients[1] for m in reader.iter_messages(spool)}
+    assert {m: r.next_attempt for m, r in before.items()} == {"m1": math.inf, "m2": math.inf}
+    open_and_commit(spool, "m3")  # this version's node opens (migrates) it
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == schema.CURRENT_VERSION == 4
+        rows = db.execute(
+            "SELECT message_id, state, next_attempt, on_expiry FROM recipients ORDER BY 1, 2"
+        ).fetchall()
+    finally:
+        db.close()
+    assert [(m, s, e) for m, s, _, e in rows if s == "held"] == [
+        ("m1", "held", "discard"),
+        ("m2", "held", "discard"),
+    ]
+    assert all(math.isinf(n) for _, s, n, _ in rows if s == "held")
+    assert all(not math.isinf(n) for _, s, n, _ in rows if s == "active")

@@ -26,7 +26,8 @@ class Rcpt:
     metadata: dict[str, Any] = field(default_factory=dict)
     params: dict[str, str | None] = field(default_factory=dict)
     reason: str = ""
-    next_attempt: float | None = None
+    next_attempt: float | None = None  # held: the retention end
+    on_expiry: str = "discard"
 
 
 def message(
@@ -70,6 +71,7 @@ def message(
                 retry_count=r.retries,
                 next_attempt=r.next_attempt,
                 last_reply=r.last_reply,
+                on_expiry=r.on_expiry,
             )
             for r in rcpts
         ],

@@ -13,6 +13,7 @@ import codecs
 import collections
 import datetime
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +43,8 @@ from mailwarden.queue.filters import (
     parse_filters,
 )
 from mailwarden.queue.operations import Action
+from mailwarden.queue.retention import HoldTerms, retention_end
+from mailwarden.spool.states import RecipientState
 
 if TYPE_CHECKING:
     from mailwarden.spool.reader import (
@@ -134,9 +137,17 @@ def _views(spool: Path, query: QueueFilter, ctx: FilterContext) -> Iterator[View
             yield View(message, positions)
 
 
+def _retention_until(r: QueuedRecipient) -> float | None:
+    """A held recipient's retention end as JSON shows it (None: until released, or not
+    held); its stored next attempt is that end (queue/retention.py), not an attempt."""
+    end = retention_end(r.state, r.next_attempt)
+    return None if end is None or math.isinf(end) else end
+
+
 def _recipient_document(
     m: QueuedMessage, position: int, r: QueuedRecipient, now: float
 ) -> dict[str, Any]:
+    held = r.state is RecipientState.HELD
     return {
         "position": position,
         "address": r.address,
@@ -146,7 +157,9 @@ def _recipient_document(
         "reason": r.reason,
         "metadata": r.metadata,
         "retry_count": r.retry_count,
-        "next_attempt": r.next_attempt,
+        "next_attempt": None if held else r.next_attempt,
+        "retention_until": _retention_until(r),
+        "on_expiry": r.on_expiry if held else None,
         "last_reply": r.last_reply,
     }
 
@@ -328,14 +341,30 @@ def _queue_table(
 
 
 def _envelope_cell(view: View, width: int) -> Text:
-    """Two lines: the sender, then the first recipient and how many more, each cut to fit."""
+    """Two lines: the sender, then the first recipient and how many more, each cut to fit;
+    a third when matched recipients are held: the earliest end of their retention."""
     recipients = view.recipients()
     sender = _cut(f"from {view.message.sender or '<>'}", width)
     more = f" +{len(recipients) - 1} more" if len(recipients) > 1 else ""
     first = recipients[0][1].address if recipients else "(none)"
     line = _cut(f"to {first}", max(width - cell_len(more), 4))
     line.append(more)
-    return Text("\n").join([sender, line])
+    lines = [sender, line]
+    held = [r for _, r in recipients if r.state is RecipientState.HELD]
+    if held:
+        lines.append(_cut(_held_note(held), width))
+    return Text("\n").join(lines)
+
+
+def _held_note(held: list[QueuedRecipient]) -> str:
+    """``held until 12-10 14:05, then discard``: the first retention of ``held`` to end."""
+    ends = [(_retention_until(r), r.on_expiry) for r in held]
+    ending = [(end, then) for end, then in ends if end is not None]
+    if not ending:
+        return "held until released"
+    end, then = min(ending)
+    when = datetime.datetime.fromtimestamp(end).strftime(_RECEIVED_FORMAT)
+    return f"held until {when}, then {then}"
 
 
 def _cut(value: str, width: int) -> Text:
@@ -601,13 +630,25 @@ def _recipient_fields(m: QueuedMessage, r: QueuedRecipient, now: float) -> list[
     fields = [("address", address), ("state", effective_state(m, r, now))]
     if r.reason:
         fields.append(("reason", r.reason))
+    fields.append(("retries", str(r.retry_count)))
+    if r.state is RecipientState.HELD:
+        fields.append(("retention", _retention_text(r)))
+    else:
+        fields.append(("next attempt", _when(r.next_attempt)))
     fields += [
-        ("retries", str(r.retry_count)),
-        ("next attempt", _when(r.next_attempt)),
         ("last reply", r.last_reply or "none"),
         ("metadata", _json_text(r.metadata)),
     ]
     return fields
+
+
+def _retention_text(r: QueuedRecipient) -> str:
+    """``until 2026-12-10T14:05:00+00:00, then discard`` (or ``bounce``), or ``until
+    released``."""
+    end = _retention_until(r)
+    if end is None:
+        return "until released"
+    return f"until {_when(end)}, then {r.on_expiry}"
 
 
 def _echo_message(stored: StoredMessage) -> None:
@@ -661,12 +702,31 @@ def queue_update(
             "--reason", help="Why: shown as the recipients' reason (bounce: the DSN's text)."
         ),
     ] = "",
+    retention: Annotated[
+        str | None,
+        typer.Option(
+            "--retention",
+            help="hold: how long from now ('7d', '12h', seconds; 0 or 'forever': until"
+            " released); default [queue] hold_retention. Held recipients take it too.",
+            show_default=False,
+        ),
+    ] = None,
+    on_expiry: Annotated[
+        str | None,
+        typer.Option(
+            "--on-expiry",
+            help="hold: what the end of the retention does: discard (default) or bounce (a"
+            " DSN to the sender). Held recipients take it too.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Hold, release, delete, bounce or retry-now the matching recipients.
 
-    hold: quarantine; release: due now; delete; bounce: a DSN to the sender, queued in the
-    same transaction; retry-now: due now.
+    hold: quarantine, for ``--retention`` (default ``[queue] hold_retention``), then
+    discarded or, with ``--on-expiry bounce``, bounced; release: due now; delete; bounce: a
+    DSN to the sender, queued in the same transaction; retry-now: due now.
 
     ``mailwarden queue update retry-now recipient_domain=example.net --yes``. Refuses to act
     on the whole queue without a filter unless ``--all``; asks before changing anything unless
@@ -682,7 +742,10 @@ def queue_update(
             f"refusing to {action.value} every message in the queue: give filters"
             " (e.g. state=deferred) or --all"
         )
+    if action is not Action.HOLD and (retention is not None or on_expiry is not None):
+        raise fail(f"--retention and --on-expiry are for hold, not {action.value}")
     settings = load(config)
+    hold = _hold_terms(retention, on_expiry, settings)
     spool = _spool_dir(settings)
     ctx = _context(settings)
     try:
@@ -704,6 +767,8 @@ def queue_update(
                     if action in _MAKES_DUE
                     else advance
                 ),
+                hold=hold,
+                explicit=retention is not None or on_expiry is not None,
             )
     except SpoolError as error:
         raise fail(str(error)) from None
@@ -733,6 +798,21 @@ def queue_update(
     if not selection.messages:
         lines = [_count_note(0, spool, query)]
     typer.echo("\n".join(lines))
+
+
+def _hold_terms(retention: str | None, on_expiry: str | None, settings: Config) -> HoldTerms:
+    """The terms of a hold from the options, the configured retention by default."""
+    from mailwarden.queue.retention import OnExpiry, parse_on_expiry, parse_retention
+
+    try:
+        seconds = settings.queue.hold_retention if retention is None else parse_retention(retention)
+    except ValueError as error:
+        raise fail(f"bad --retention: {error}") from None
+    try:
+        expiry = OnExpiry.DISCARD if on_expiry is None else parse_on_expiry(on_expiry.lower())
+    except ValueError as error:
+        raise fail(f"bad --on-expiry: {error}") from None
+    return HoldTerms(seconds, expiry)
 
 
 # The actions after which the node has mail due now (bounce: the DSN it queued).

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mailwarden.queue.retention import DEFAULT_RETENTION, DEFAULT_SWEEP_INTERVAL, parse_retention
 from mailwarden.queue.schedule import DEFAULT_INTERVALS, DEFAULT_MAX_AGE, RetrySchedule
 from mailwarden.queue.shaping import (
     PLAIN_FIELDS,
@@ -277,6 +278,13 @@ def _intervals(value: list[float]) -> list[float]:
     return value
 
 
+def _retention(value: Any) -> float:
+    try:
+        return parse_retention(value)
+    except ValueError as error:
+        raise _invalid(str(error)) from None
+
+
 def _delay_warning(value: Any) -> float | None:
     seconds = parse_duration(value)
     return seconds or None
@@ -306,6 +314,17 @@ class QueueSettings(BaseModel):
     )
     poll_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=60)] = Field(
         1.0, description="Seconds between looks for due messages when nothing wakes."
+    )
+    hold_retention: Annotated[float, BeforeValidator(_retention)] = Field(
+        DEFAULT_RETENTION,
+        description="How long held (quarantined) mail is kept unless the hold says;"
+        " 0 or 'forever': until released.",
+    )
+    hold_sweep_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=3600)] = (
+        Field(
+            DEFAULT_SWEEP_INTERVAL,
+            description="Seconds between a worker's looks for held mail whose retention ended.",
+        )
     )
     destination_backoff: BackoffSettings = Field(
         default_factory=BackoffSettings,

@@ -40,6 +40,8 @@ def manager_settings(config: Config) -> ManagerSettings:
         port=delivery.port,
         hook_timeout=max(s.limits.hook_timeout for s in config.servers),
         shaping=shaping_rules(config.shaping),
+        hold_retention=queue.hold_retention,
+        hold_sweep_interval=queue.hold_sweep_interval,
     )
 
 

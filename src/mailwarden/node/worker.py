@@ -302,7 +302,13 @@ class Worker:
                         ", ".join(settings.listen),
                         ", ".join(bound),
                     )
-                server.apply(settings, config.node.hostname, scripts[settings.id], config.spool)
+                server.apply(
+                    settings,
+                    config.node.hostname,
+                    scripts[settings.id],
+                    config.spool,
+                    config.queue.hold_retention,
+                )
             self._apply_node_settings(config)
             if self.queue is not None:
                 reconfigure(self.queue, config)
@@ -357,7 +363,13 @@ def _new_server(
 ) -> SmtpServer:
     try:
         return SmtpServer(
-            settings, config.node.hostname, script, spool, config.spool, worker=worker.index
+            settings,
+            config.node.hostname,
+            script,
+            spool,
+            config.spool,
+            worker=worker.index,
+            hold_retention=config.queue.hold_retention,
         )
     except TlsSetupError as error:
         path = ("servers", index, *error.key)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden.queue.retention import HoldTerms, OnExpiry, parse_on_expiry, parse_retention
 from mailwarden.smtp import replies
 from mailwarden.smtp.address import parse_mailbox
 from mailwarden.smtp.replies import Reply
@@ -104,10 +105,29 @@ class Queue:
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """End of data: keep the message in the spool, held (quarantined), for every recipient still
-    active; an operator releases or deletes it later. The client gets 250."""
+    """End of data (and ``pre_delivery``/``post_delivery``): keep the message in the spool,
+    held (quarantined), for every recipient still active; an operator releases or deletes it
+    later. The client gets 250.
+
+    ``retention``: how long it is kept held, from now: seconds or a string with a unit
+    (``"7d"``, ``"12h"``); ``0`` or ``"forever"``: until released; None: ``[queue]
+    hold_retention``. When it ends the recipients still held are discarded, or with
+    ``on_expiry="bounce"`` bounced with a DSN to the sender. Raises ValueError for a
+    retention or ``on_expiry`` it cannot read (the hook's failure reply then applies)."""
 
     reason: str = "held by policy"
+    retention: float | str | None = None  # seconds after validation (inf: for ever)
+    on_expiry: str = "discard"
+
+    def __post_init__(self) -> None:
+        if self.retention is not None:
+            object.__setattr__(self, "retention", parse_retention(self.retention))
+        object.__setattr__(self, "on_expiry", parse_on_expiry(self.on_expiry).value)
+
+    def terms(self, default: float) -> HoldTerms:
+        """The hold's terms, ``default`` (seconds) when it gives no retention."""
+        retention = default if self.retention is None else float(self.retention)
+        return HoldTerms(retention, OnExpiry(self.on_expiry))
 
 
 @dataclass(frozen=True, slots=True)

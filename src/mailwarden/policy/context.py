@@ -18,6 +18,7 @@ from mailwarden.auth.sasl import Credentials
 from mailwarden.policy import editing, mime
 from mailwarden.policy.editing import PartInfo
 from mailwarden.policy.headers import Headers
+from mailwarden.queue.retention import parse_on_expiry, parse_retention
 from mailwarden.spool.states import RecipientState  # one vocabulary with the spool
 
 # What the auth hook receives is what SASL produced (mailwarden.auth owns it; auth/ imports
@@ -253,10 +254,23 @@ class Recipient:
     metadata: dict[str, Any] = field(default_factory=dict)
     state: RecipientState = RecipientState.ACTIVE
     reason: str = ""
+    retention: float | None = None  # held: seconds kept (inf: for ever; None: the default)
+    on_expiry: str = "discard"  # held: what the end of the retention does
 
-    def hold(self, reason: str = "held by policy") -> None:
-        """Keep the message for this recipient in quarantine instead of queueing it."""
+    def hold(
+        self,
+        reason: str = "held by policy",
+        retention: float | str | None = None,
+        on_expiry: str = "discard",
+    ) -> None:
+        """Keep the message for this recipient in quarantine instead of queueing it, for
+        ``retention`` (as :class:`~mailwarden.policy.actions.Hold` takes it: ``"7d"``,
+        seconds, ``"forever"``; None: ``[queue] hold_retention``), then discard it (or, with
+        ``on_expiry="bounce"``, bounce it). Raises ValueError for a value it cannot read."""
+        kept = None if retention is None else parse_retention(retention)
+        expiry = parse_on_expiry(on_expiry).value
         self.state, self.reason = RecipientState.HELD, reason
+        self.retention, self.on_expiry = kept, expiry
 
     def discard(self, reason: str = "discarded by policy") -> None:
         """Accept for this recipient but never deliver."""

@@ -44,7 +44,7 @@ def apply_end_of_data(
     if isinstance(action, Hold):
         for recipient in recipients:
             if recipient.state is RecipientState.ACTIVE:
-                recipient.hold(action.reason)
+                recipient.hold(action.reason, action.retention, action.on_expiry)
     elif isinstance(action, Discard):
         for recipient in recipients:
             recipient.discard(action.reason)

@@ -43,6 +43,7 @@ from mailwarden.queue import bounces
 from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.plan import DestinationKey, Planner, group_by_domain
 from mailwarden.queue.pool import Destination, Sent
+from mailwarden.queue.retention import DEFAULT_RETENTION, DEFAULT_SWEEP_INTERVAL
 from mailwarden.queue.schedule import RetrySchedule
 from mailwarden.queue.shaping import (
     DeliveryFields,
@@ -52,6 +53,7 @@ from mailwarden.queue.shaping import (
     Suspension,
     limits_for,
 )
+from mailwarden.queue.sweeper import RetentionSweeper
 from mailwarden.queue.verdicts import Verdict, apply_action, judge, override
 from mailwarden.smtp.client import Envelope, Recipient
 from mailwarden.spool.errors import SpoolError
@@ -88,6 +90,8 @@ class ManagerSettings:
     hook_timeout: float = 60.0
     shaping: tuple[ShapingRule, ...] = ()  # [[shaping]] rules (mailwarden.queue.shaping)
     defaults: ShapingDefaults = field(default_factory=ShapingDefaults)  # per destination
+    hold_retention: float = DEFAULT_RETENTION  # a delivery hook's Hold without its own
+    hold_sweep_interval: float = DEFAULT_SWEEP_INTERVAL  # looks for ended retentions
 
 
 class MessageRun:
@@ -184,6 +188,7 @@ class QueueManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
+        self.sweeper: RetentionSweeper | None = None
         self._limits_cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._suspensions: list[Suspension] = []
         self._backoff = limits.backoff_view()
@@ -198,11 +203,18 @@ class QueueManager:
         await self.store.clear_leases()
         self._unsubscribe = self.store.events.subscribe(self._on_spool_event)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        # Quarantine retention: its own task, its own small transactions (queue/sweeper.py).
+        self.sweeper = RetentionSweeper(
+            self.store, lambda: self.settings, new_id=self.new_id, clock=self.clock
+        )
+        self.sweeper.start()
 
     async def stop(self, grace: float) -> None:
         """Stop leasing; attempts on the wire get ``grace`` seconds, the rest go back (their
         leases end; nothing is counted as an attempt)."""
         self.stopping = True
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         self._wake.set()
         self._room.set()
         if self._loop_task is not None:
@@ -383,6 +395,7 @@ class QueueManager:
                     schedule=self.settings.schedule,
                     received_at=record.received_at,
                     now=now,
+                    hold_retention=self.settings.hold_retention,
                 )
             )
         self._group_done(job.run)
@@ -592,6 +605,7 @@ class QueueManager:
                 retry_counts=[record.recipients[p].retry_count for p in job.positions],
                 received_at=record.received_at,
                 now=self.clock(),
+                hold_retention=self.settings.hold_retention,
             )
         self._record_verdicts(job, verdicts)
 

@@ -4,7 +4,9 @@ What an action does to one message is a pure function (:func:`plan`) of the mess
 and the positions of the recipients the operator's filters matched:
 
 - ``hold``: active or deferred recipients become ``held`` (quarantine: never attempted until
-  released).
+  released) for the hold's retention, from now (:class:`~mailwarden.queue.retention.HoldTerms`;
+  their retention end is stored as their next attempt); with terms the operator gave
+  (``explicit``), recipients already held take the new terms too.
 - ``release``: held recipients become ``active``, due now.
 - ``retry-now``: active or deferred recipients are due now (state, reason and retry count kept:
   an operator's flush is not a failed attempt).
@@ -43,6 +45,7 @@ from pathlib import Path
 
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.queue.filters import FilterContext, QueueFilter, lease_live
+from mailwarden.queue.retention import HoldTerms
 from mailwarden.smtp import replies
 from mailwarden.spool.operations import (
     MessageChange,
@@ -108,17 +111,25 @@ def plan(
     reason: str = "",
     original: Callable[[], bytes] | None = None,
     make_dsn: DsnMaker | None = None,
+    hold: HoldTerms | None = None,
+    explicit: bool = False,
 ) -> Planned:
     """What ``action`` does to the recipients at ``positions`` of ``message`` (see the
-    module). ``original`` and ``make_dsn`` are needed for ``bounce`` only."""
+    module). ``original`` and ``make_dsn`` are needed for ``bounce`` only; ``hold`` is the
+    terms of a ``hold`` (default: :class:`HoldTerms`), ``explicit`` when the operator gave
+    them (held recipients then take them too)."""
     if not positions:
         return Planned(None)
     if lease_live(message, now) and not force:
         return Planned(None, skipped_lease=True)
-    chosen = [p for p in positions if message.recipients[p].state in _APPLIES_TO[action]]
+    applies = _APPLIES_TO[action]
+    if action is Action.HOLD and explicit:
+        applies = applies | {RecipientState.HELD}
+    chosen = [p for p in positions if message.recipients[p].state in applies]
     if not chosen:
         return Planned(None)
-    updates = tuple(_update(action, message.recipients[p], p, now, reason) for p in chosen)
+    terms = hold or HoldTerms()
+    updates = tuple(_update(action, message.recipients[p], p, now, reason, terms) for p in chosen)
     after = {u.position: u.state for u in updates}
     states = [after.get(p, r.state) for p, r in enumerate(message.recipients)]
     remove = all(state in FINAL for state in states)
@@ -134,10 +145,23 @@ def plan(
 
 
 def _update(
-    action: Action, recipient: SpooledRecipient, position: int, now: float, reason: str
+    action: Action,
+    recipient: SpooledRecipient,
+    position: int,
+    now: float,
+    reason: str,
+    terms: HoldTerms,
 ) -> RecipientUpdate:
     if action is Action.HOLD:
-        return RecipientUpdate(position, RecipientState.HELD, reason or HELD_BY_OPERATOR)
+        # A new retention for one already held keeps its reason unless a new one is given.
+        kept = recipient.reason if recipient.state is RecipientState.HELD else HELD_BY_OPERATOR
+        return RecipientUpdate(
+            position,
+            RecipientState.HELD,
+            reason or kept,
+            next_attempt=terms.until(now),
+            on_expiry=terms.on_expiry.value,
+        )
     if action is Action.RELEASE:
         return RecipientUpdate(position, RecipientState.ACTIVE, "", next_attempt=now)
     if action is Action.RETRY_NOW:
@@ -215,12 +239,14 @@ def run(
     batch_size: int = BATCH_SIZE,
     clock: Callable[[], float] = time.time,
     progress: Callable[[int], None] = lambda done: None,
+    hold: HoldTerms | None = None,
+    explicit: bool = False,
 ) -> Outcome:
     """Apply ``action`` to the messages of ``selection``, each shard in batches of
     ``batch_size`` messages (the shards in turn), one IMMEDIATE transaction each;
-    ``progress`` hears how many messages each batch handled. Raises SpoolError if a shard
-    cannot be written: the batches committed before stay done, which the operator sees by
-    listing again."""
+    ``progress`` hears how many messages each batch handled; ``hold`` and ``explicit`` as
+    :func:`plan` takes them. Raises SpoolError if a shard cannot be written: the batches
+    committed before stay done, which the operator sees by listing again."""
     outcome = Outcome(action.value)
     ids = _DsnIds()
     # A DSN returns a message larger than the limit as its headers only: reading one octet
@@ -256,6 +282,8 @@ def run(
                         reporting_mta=reporting_mta,
                         now=clock(),
                         max_body=max_body,
+                        hold=hold,
+                        explicit=explicit,
                     )
                 progress(len(batch))
     return outcome
@@ -275,6 +303,8 @@ def _apply_batch(
     reporting_mta: str,
     now: float,
     max_body: int | None,
+    hold: HoldTerms | None = None,
+    explicit: bool = False,
 ) -> None:
     """One batch inside its transaction: read again under the write lock, plan, write."""
     ctx = FilterContext(now, route_hop)
@@ -282,7 +312,7 @@ def _apply_batch(
     def make_dsn(
         m: SpoolRecord, data: bytes, positions: Sequence[int], reply: DeliveryReply
     ) -> SpoolRecord | None:
-        return _dsn(m, data, positions, reply, reporting_mta, now, ids.next())
+        return dsn_record(m, data, positions, reply, reporting_mta, now, ids.next())
 
     changes = []
     for message in shard.read(batch):
@@ -295,6 +325,8 @@ def _apply_batch(
             reason=reason,
             original=lambda m=message: shard.original(m.id, max_body=max_body),
             make_dsn=make_dsn,
+            hold=hold,
+            explicit=explicit,
         )
         _count(outcome, message, planned)
         if planned.change is not None:
@@ -317,7 +349,7 @@ def _count(outcome: Outcome, message: SpoolRecord, planned: Planned) -> None:
         outcome.bounces.append(change.queue.id)
 
 
-def _dsn(
+def dsn_record(
     message: SpoolRecord,
     original: bytes,
     positions: Sequence[int],
@@ -326,8 +358,9 @@ def _dsn(
     now: float,
     new_id: str,
 ) -> SpoolRecord | None:
-    """The DSN record of an operator's bounce (RFC 3464 via queue.bounces), or None when none
-    is due (null sender, NOTIFY excludes the recipients)."""
+    """The DSN record for the recipients at ``positions``, bounced with ``reply`` outside a
+    delivery attempt (an operator's bounce, the end of a hold's retention): RFC 3464 via
+    queue.bounces, or None when none is due (null sender, NOTIFY excludes the recipients)."""
     from mailwarden.queue.bounces import DsnRecipient, bounce_record
 
     recipients = [

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.policy.delivery import Bounce, Delete, DeliveryAction, Hold, Retry
+from mailwarden.queue.retention import DEFAULT_RETENTION
 from mailwarden.queue.schedule import RetrySchedule
 from mailwarden.spool.outcomes import RecipientOutcome
 from mailwarden.spool.states import RecipientState
@@ -33,6 +34,7 @@ class Verdict:
     count_attempt: bool = False
     dsn_action: str | None = None  # "failed", "delayed", "delivered", "relayed"
     delay_notified: bool | None = None  # True: this verdict's DSN is the delay warning
+    on_expiry: str | None = None  # held: what the end of its retention (next_attempt) does
 
     def outcome(self) -> RecipientOutcome:
         return RecipientOutcome(
@@ -43,6 +45,7 @@ class Verdict:
             next_attempt=self.next_attempt,
             count_attempt=self.count_attempt,
             delay_notified=self.delay_notified,
+            on_expiry=self.on_expiry,
         )
 
 
@@ -108,9 +111,11 @@ def override(
     retry_counts: Sequence[int],
     received_at: float,
     now: float,
+    hold_retention: float = DEFAULT_RETENTION,
 ) -> list[Verdict]:
     """The verdicts after a script's action: it changes every recipient not delivered
-    (``retry_counts`` in the same order as ``verdicts``)."""
+    (``retry_counts`` in the same order as ``verdicts``; ``hold_retention`` for a ``Hold``
+    that gives no retention)."""
     if action is None:
         return list(verdicts)
     changed = []
@@ -128,6 +133,7 @@ def override(
                     schedule=schedule,
                     received_at=received_at,
                     now=now,
+                    hold_retention=hold_retention,
                 )
             )
     return changed
@@ -143,8 +149,11 @@ def apply_action(
     schedule: RetrySchedule,
     received_at: float,
     now: float,
+    hold_retention: float = DEFAULT_RETENTION,
 ) -> Verdict:
-    """The verdict a script's action gives one recipient (``reply``: the attempt's, if any)."""
+    """The verdict a script's action gives one recipient (``reply``: the attempt's, if any).
+    A ``Hold`` keeps it from ``now`` for its retention (``hold_retention`` if it gives none):
+    the retention end is the held recipient's next attempt (:mod:`~mailwarden.queue.retention`)."""
     if isinstance(action, Bounce):
         return Verdict(
             position,
@@ -160,7 +169,15 @@ def apply_action(
         return Verdict(position, address, RecipientState.DISCARDED, deleted)
     if isinstance(action, Hold):
         held = reply or DeliveryReply(450, "4.0.0", action.reason)
-        return Verdict(position, address, RecipientState.HELD, replace(held, text=action.reason))
+        terms = action.terms(hold_retention)
+        return Verdict(
+            position,
+            address,
+            RecipientState.HELD,
+            replace(held, text=action.reason),
+            next_attempt=terms.until(now),
+            on_expiry=terms.on_expiry.value,
+        )
     assert isinstance(action, Retry)
     if action.at is not None:
         when = action.at

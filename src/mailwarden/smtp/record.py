@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from mailwarden.policy.context import Connection, Recipient, Transaction
 from mailwarden.policy.headers import Headers
+from mailwarden.queue.retention import DEFAULT_RETENTION, HoldTerms, parse_on_expiry
+from mailwarden.spool.states import RecipientState
 from mailwarden.spool.store import SpooledRecipient, SpoolRecord
 from mailwarden.spool.writer import MessageWriter
 
@@ -21,9 +23,12 @@ def spool_record(
     headers: Headers,
     kept: Sequence[Recipient],
     received_at: float,
+    hold_retention: float = DEFAULT_RETENTION,
 ) -> SpoolRecord:
     """The record for ``tx`` with the recipients ``kept`` (those not discarded) and the header
-    section as the data hook left it; the body stays where the writer put it (memory or file)."""
+    section as the data hook left it; the body stays where the writer put it (memory or file).
+    A held recipient's next attempt is its retention end (:mod:`mailwarden.queue.retention`):
+    ``received_at`` plus its own retention, or ``hold_retention`` when the hold gave none."""
     assert tx.sender is not None
     header_bytes = headers.to_bytes()
     if writer.has_separator:
@@ -47,7 +52,21 @@ def spool_record(
         body_file=None if body is not None else writer.spill_path,
         body_fd=writer.spill_fd,
         size=len(header_bytes) + writer.body_size,
-        recipients=[
-            SpooledRecipient(r.address, r.params, r.metadata, r.state.value, r.reason) for r in kept
-        ],
+        recipients=[_recipient(r, received_at, hold_retention) for r in kept],
+    )
+
+
+def _recipient(r: Recipient, received_at: float, hold_retention: float) -> SpooledRecipient:
+    if r.state is not RecipientState.HELD:
+        return SpooledRecipient(r.address, r.params, r.metadata, r.state.value, r.reason)
+    retention = hold_retention if r.retention is None else r.retention
+    terms = HoldTerms(retention, parse_on_expiry(r.on_expiry))
+    return SpooledRecipient(
+        r.address,
+        r.params,
+        r.metadata,
+        r.state.value,
+        r.reason,
+        next_attempt=terms.until(received_at),
+        on_expiry=terms.on_expiry.value,
     )

@@ -260,6 +260,9 @@ DELIVERY_NEEDS_SMTPUTF8 = Reply(550, "5.6.7", "The remote server does not suppor
 # `mailwarden queue update bounce`: X.0.0 "other undefined status" (RFC 3463 §3.1), as no
 # registered code says "the operator cancelled delivery".
 OPERATOR_BOUNCE = Reply(550, "5.0.0", "Delivery cancelled by the queue operator")
+# A hold with on_expiry="bounce" whose retention ended: the message was refused by policy
+# (X.7.1, RFC 3463 §3.8) in the end, since nobody released it.
+HOLD_EXPIRED = Reply(550, "5.7.1", "Message held by policy and not released in time")
 
 
 def greeting(hostname: str, banner: str = "ESMTP Mailwarden") -> Reply:

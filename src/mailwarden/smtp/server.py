@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from mailwarden.auth.custom import safe_in_clear
 from mailwarden.auth.passwords import PasswordFile
 from mailwarden.policy.script import PolicyScript
+from mailwarden.queue.retention import DEFAULT_RETENTION
 from mailwarden.smtp import replies
 from mailwarden.smtp.protocol import ProtocolSettings
 from mailwarden.smtp.replies import Reply
@@ -72,6 +73,7 @@ class ListenerSnapshot:
     spool_settings: SpoolSettings
     script: PolicyScript
     passwords: PasswordFile | None = None  # auth_password_file, read afresh at each (re)load
+    hold_retention: float = DEFAULT_RETENTION  # [queue] hold_retention: a data hook's Hold
     _trusted_cache: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     def is_trusted(self, ip: str) -> bool:
@@ -131,6 +133,7 @@ class SmtpServer:
         spool: SpoolStore,
         spool_settings: SpoolSettings,
         worker: int = 0,
+        hold_retention: float = DEFAULT_RETENTION,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.spool = spool
@@ -143,7 +146,7 @@ class SmtpServer:
         self._message_ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
         self.snapshot: ListenerSnapshot
-        self.apply(settings, node_hostname, script, spool_settings)
+        self.apply(settings, node_hostname, script, spool_settings, hold_retention)
 
     def apply(
         self,
@@ -151,9 +154,11 @@ class SmtpServer:
         node_hostname: str,
         script: PolicyScript,
         spool_settings: SpoolSettings | None = None,
+        hold_retention: float | None = None,
     ) -> None:
-        """Take new settings, script and spool settings (None: keep the current ones) for new
-        connections; connections already open keep the snapshot they started with.
+        """Take new settings, script, spool settings and hold retention (None: keep the
+        current ones) for new connections; connections already open keep the snapshot they
+        started with.
 
         Raises TlsSetupError (a ValueError naming key and file) if the TLS settings or files
         cannot be used, PasswordFileError (a ValueError naming file and line) if the password
@@ -164,6 +169,8 @@ class SmtpServer:
         passwords = PasswordFile(path) if path is not None else None
         if spool_settings is None:
             spool_settings = self.snapshot.spool_settings
+        if hold_retention is None:
+            hold_retention = self.snapshot.hold_retention
         self.snapshot = ListenerSnapshot(
             settings=settings,
             protocol_settings=_with_script_mechanisms(
@@ -175,6 +182,7 @@ class SmtpServer:
             spool_settings=spool_settings,
             script=script,
             passwords=passwords,
+            hold_retention=hold_retention,
         )
 
     @property

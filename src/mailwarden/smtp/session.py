@@ -816,7 +816,15 @@ class SmtpSession(asyncio.Protocol):
             counters.messages_discarded += 1
             log.info("%s: discarded (%s)", self.tx.id, self.tx.recipients[0].reason)
             return replies.MESSAGE_DISCARDED
-        record = spool_record(self.conn, self.tx, writer, headers, kept, time.time())
+        record = spool_record(
+            self.conn,
+            self.tx,
+            writer,
+            headers,
+            kept,
+            time.time(),
+            self.snapshot.hold_retention,
+        )
         self._busy = True
         try:
             await self.server.spool.commit(record)

@@ -28,12 +28,12 @@ from mailwarden.smtp import replies
 from mailwarden.spool import schema
 from mailwarden.spool.errors import SpoolError
 from mailwarden.spool.reader import (
-    _RECIPIENT,
     _connect,
     _envelope,
     _message,
     _pages,
     _recipient,
+    _recipient_columns,
     body_file_path,
     shard_paths,
 )
@@ -47,14 +47,15 @@ BUSY_TIMEOUT = 30.0
 
 @dataclass(frozen=True, slots=True)
 class RecipientUpdate:
-    """The new state of one recipient (``position`` in RCPT order); ``next_attempt`` and
-    ``last_reply`` are kept when None."""
+    """The new state of one recipient (``position`` in RCPT order); ``next_attempt`` (for a
+    held one: its retention end), ``last_reply`` and ``on_expiry`` are kept when None."""
 
     position: int
     state: RecipientState
     reason: str
     next_attempt: float | None = None
     last_reply: str | None = None
+    on_expiry: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,82 +163,110 @@ class ShardWriter:
 
     def read(self, message_ids: Sequence[str]) -> list[SpoolRecord]:
         """The messages with these ids still in the shard, as they are now, in id order."""
-        db = self._db
-        marks = ",".join("?" * len(message_ids))
-        rows = db.execute(
-            f"SELECT {_envelope(schema.CURRENT_VERSION)} FROM messages WHERE id IN ({marks})"
-            " ORDER BY id",
-            tuple(message_ids),
-        ).fetchall()
-        recipients: dict[str, list[SpooledRecipient]] = {}
-        for row in db.execute(
-            f"SELECT {_RECIPIENT} FROM recipients WHERE message_id IN ({marks})"
-            " ORDER BY message_id, position",
-            tuple(message_ids),
-        ):
-            recipients.setdefault(row["message_id"], []).append(_recipient(row))
-        return [_message(row, recipients.get(row["id"], ()), self.spool_dir) for row in rows]
+        return read_records(self._db, self.spool_dir, message_ids)
 
     def original(self, message_id: str, *, max_body: int | None = None) -> bytes:
-        """The stored bytes of a message (as delivery sends them), read in the transaction;
-        with ``max_body``, at most that many octets of the body (the write lock is held while
-        this reads: a DSN that returns only the headers of a large message needs no more).
-        Raises SpoolError if its spill file cannot be read."""
-        row = self._db.execute(
-            "SELECT headers, body, body_file FROM messages WHERE id = ?", (message_id,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(message_id)
-        headers = bytes(row["headers"])
-        if not row["body_file"]:
-            return headers + bytes(row["body"] or b"")[:max_body]
-        path = body_file_path(self.spool_dir, row["body_file"])
-        try:
-            with open(path, "rb") as body:
-                return headers + body.read(-1 if max_body is None else max_body)
-        except OSError as error:
-            raise SpoolError(
-                replies.SPOOL_WRITE_FAILED, f"cannot read the body of message {message_id}: {error}"
-            ) from error
+        """The stored bytes of a message, read in the transaction (see :func:`original`)."""
+        return original(self._db, self.spool_dir, message_id, max_body=max_body)
 
     def apply(self, change: MessageChange) -> None:
         """Write ``change`` (inside :meth:`transaction`)."""
-        self.apply_all([change])
+        unlink = apply_change(self._db, self.spool_dir, change)
+        if unlink is not None:
+            self._unlink.append(unlink)
 
     def apply_all(self, changes: Sequence[MessageChange]) -> None:
-        """Write ``changes`` (inside :meth:`transaction`): every recipient update in one
-        statement, then each message's DSN and removal."""
-        db = self._db
-        db.executemany(
-            "UPDATE recipients SET state = ?, reason = ?,"
-            " next_attempt = coalesce(?, next_attempt), last_reply = coalesce(?, last_reply)"
-            " WHERE message_id = ? AND position = ?",
-            [
-                (
-                    u.state.value,
-                    u.reason,
-                    u.next_attempt,
-                    u.last_reply,
-                    change.message_id,
-                    u.position,
-                )
-                for change in changes
-                for u in change.updates
-            ],
-        )
+        """Write ``changes`` (inside :meth:`transaction`), one after the other."""
         for change in changes:
-            self._queue_and_remove(change)
+            self.apply(change)
 
-    def _queue_and_remove(self, change: MessageChange) -> None:
-        db = self._db
-        if change.queue is not None:
-            db.execute(INSERT_MESSAGE, message_row(change.queue, self.spool_dir))
-            db.executemany(INSERT_RECIPIENT, recipient_rows(change.queue))
-        if change.remove:
-            row = db.execute(
-                "SELECT body_file FROM messages WHERE id = ?", (change.message_id,)
-            ).fetchone()
-            db.execute("DELETE FROM recipients WHERE message_id = ?", (change.message_id,))
-            db.execute("DELETE FROM messages WHERE id = ?", (change.message_id,))
-            if row is not None and row["body_file"]:
-                self._unlink.append(body_file_path(self.spool_dir, row["body_file"]))
+
+# --- the same on any connection to a current shard, in its caller's transaction ---------------
+# Shared by the CLI's batches (ShardWriter) and the node's retention sweep (spool/holds.py).
+
+
+def _query(db: sqlite3.Connection, sql: str, parameters: Sequence[object]) -> list[sqlite3.Row]:
+    cursor = db.cursor()
+    cursor.row_factory = sqlite3.Row  # by name, whatever the connection's own factory is
+    return cursor.execute(sql, tuple(parameters)).fetchall()
+
+
+def read_records(
+    db: sqlite3.Connection, spool_dir: Path, message_ids: Sequence[str]
+) -> list[SpoolRecord]:
+    """The messages with these ids still in the shard, as they are now, in id order."""
+    marks = ",".join("?" * len(message_ids))
+    rows = _query(
+        db,
+        f"SELECT {_envelope(schema.CURRENT_VERSION)} FROM messages WHERE id IN ({marks})"
+        " ORDER BY id",
+        message_ids,
+    )
+    recipients: dict[str, list[SpooledRecipient]] = {}
+    for row in _query(
+        db,
+        f"SELECT {_recipient_columns(schema.CURRENT_VERSION)} FROM recipients"
+        f" WHERE message_id IN ({marks}) ORDER BY message_id, position",
+        message_ids,
+    ):
+        recipients.setdefault(row["message_id"], []).append(_recipient(row))
+    return [_message(row, recipients.get(row["id"], ()), spool_dir) for row in rows]
+
+
+def original(
+    db: sqlite3.Connection, spool_dir: Path, message_id: str, *, max_body: int | None = None
+) -> bytes:
+    """The stored bytes of a message (as delivery sends them), read in the transaction;
+    with ``max_body``, at most that many octets of the body (the write lock is held while
+    this reads: a DSN that returns only the headers of a large message needs no more).
+    Raises SpoolError if its spill file cannot be read."""
+    rows = _query(db, "SELECT headers, body, body_file FROM messages WHERE id = ?", (message_id,))
+    if not rows:
+        raise KeyError(message_id)
+    row = rows[0]
+    headers = bytes(row["headers"])
+    if not row["body_file"]:
+        return headers + bytes(row["body"] or b"")[:max_body]
+    path = body_file_path(spool_dir, row["body_file"])
+    try:
+        with open(path, "rb") as body:
+            return headers + body.read(-1 if max_body is None else max_body)
+    except OSError as error:
+        raise SpoolError(
+            replies.SPOOL_WRITE_FAILED, f"cannot read the body of message {message_id}: {error}"
+        ) from error
+
+
+def apply_change(db: sqlite3.Connection, spool_dir: Path, change: MessageChange) -> Path | None:
+    """Write ``change`` in the caller's transaction. Returns the spill file of a removed
+    message, for the caller to unlink after the commit (never before: a rollback would leave
+    a queued message without its body)."""
+    db.executemany(
+        "UPDATE recipients SET state = ?, reason = ?,"
+        " next_attempt = coalesce(?, next_attempt), last_reply = coalesce(?, last_reply),"
+        " on_expiry = coalesce(?, on_expiry)"
+        " WHERE message_id = ? AND position = ?",
+        [
+            (
+                u.state.value,
+                u.reason,
+                u.next_attempt,
+                u.last_reply,
+                u.on_expiry,
+                change.message_id,
+                u.position,
+            )
+            for u in change.updates
+        ],
+    )
+    if change.queue is not None:
+        db.execute(INSERT_MESSAGE, message_row(change.queue, spool_dir))
+        db.executemany(INSERT_RECIPIENT, recipient_rows(change.queue))
+    if not change.remove:
+        return None
+    rows = _query(db, "SELECT body_file FROM messages WHERE id = ?", (change.message_id,))
+    db.execute("DELETE FROM recipients WHERE message_id = ?", (change.message_id,))
+    db.execute("DELETE FROM messages WHERE id = ?", (change.message_id,))
+    if rows and rows[0]["body_file"]:
+        return body_file_path(spool_dir, rows[0]["body_file"])
+    return None

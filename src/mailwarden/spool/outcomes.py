@@ -38,9 +38,10 @@ class RecipientOutcome:
     state: RecipientState
     reason: str = ""
     last_reply: str = ""
-    next_attempt: float | None = None  # kept as it is when None
+    next_attempt: float | None = None  # kept as it is when None (held: the retention end)
     count_attempt: bool = False  # one more retry on the recipient's count
     delay_notified: bool | None = None  # a delay DSN went out now (None: unchanged)
+    on_expiry: str | None = None  # held: what the end of its retention does (None: unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,7 @@ _SET_STATE = """
 UPDATE recipients
 SET state = ?, reason = ?, retry_count = retry_count + ?,
     next_attempt = coalesce(?, next_attempt), last_reply = ?,
-    delay_notified = coalesce(?, delay_notified)
+    delay_notified = coalesce(?, delay_notified), on_expiry = coalesce(?, on_expiry)
 WHERE message_id = ? AND position = ?
 """
 
@@ -254,6 +255,7 @@ def apply_outcomes(
                 r.next_attempt,
                 r.last_reply,
                 None if r.delay_notified is None else int(r.delay_notified),
+                r.on_expiry,
                 outcome.message_id,
                 r.position,
             )

@@ -177,9 +177,18 @@ _RECIPIENT = (
 
 
 def _recipient_columns(version: int) -> str:
-    # Version 2 and older shards have no delay_notified column.
+    # Version 2 and older shards have no delay_notified column, version 3 no on_expiry.
     notified = "delay_notified" if version >= 3 else "0 AS delay_notified"
-    return f"{_RECIPIENT}, {notified}"
+    expiry = "on_expiry" if version >= 4 else "'discard' AS on_expiry"
+    columns = _RECIPIENT
+    if version < 4:
+        # Held before retention existed: kept until released (what the v4 migration stores),
+        # not "ended" at a next attempt that meant nothing while held. 9e999 is SQLite's inf.
+        columns = columns.replace(
+            " next_attempt,",
+            " CASE WHEN state = 'held' THEN 9e999 ELSE next_attempt END AS next_attempt,",
+        )
+    return f"{columns}, {notified}, {expiry}"
 
 
 def _envelope(version: int) -> str:
@@ -200,6 +209,7 @@ def _recipient(row: sqlite3.Row) -> SpooledRecipient:
         last_reply=row["last_reply"],
         # Queries that do not ask for it (operator batches): the default.
         delay_notified="delay_notified" in row.keys() and bool(row["delay_notified"]),  # noqa: SIM118
+        on_expiry=row["on_expiry"] if "on_expiry" in row.keys() else "discard",  # noqa: SIM118
     )
 
 

@@ -31,6 +31,7 @@ class SpooledRecipient:
     next_attempt: float | None = None  # None when committed: due at once (the received time)
     last_reply: str = ""
     delay_notified: bool = False  # a delay DSN went out for it (one warning, not one per retry)
+    on_expiry: str = "discard"  # held: what the end of its retention does ("bounce": a DSN)
 
     def __post_init__(self) -> None:
         if type(self.state) is not RecipientState:

@@ -29,7 +29,7 @@ INSERT_MESSAGE = (
 )
 INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, position, address, params, metadata, state, reason,"
-    " retry_count, next_attempt, last_reply) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " retry_count, next_attempt, last_reply, on_expiry) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -68,6 +68,7 @@ def recipient_rows(r: SpoolRecord) -> list[tuple[Any, ...]]:
             rcpt.retry_count,
             r.received_at if rcpt.next_attempt is None else rcpt.next_attempt,
             rcpt.last_reply,
+            rcpt.on_expiry,
         )
         for position, rcpt in enumerate(r.recipients)
     ]

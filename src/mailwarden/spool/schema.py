@@ -15,10 +15,16 @@ Version 2 (for delivery):
 
 Version 3: ``recipients.delay_notified``: a delay DSN (RFC 3464 action ``delayed``) went out
 for the recipient, so a warning is sent once, not at every retry.
+
+Version 4 (quarantine retention, :mod:`mailwarden.queue.retention`): a held recipient's
+``next_attempt`` is its retention end, and ``recipients.on_expiry`` (``discard`` or
+``bounce``) what that end does. Recipients held before version 4 were promised to stay until
+released: their retention end becomes infinite, so the first sweep does not discard them.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -89,11 +95,18 @@ def _v2_to_v3(db: sqlite3.Connection) -> None:
     _add_column(db, "recipients", "delay_notified", "INTEGER NOT NULL DEFAULT 0")
 
 
+def _v3_to_v4(db: sqlite3.Connection) -> None:
+    _add_column(db, "recipients", "on_expiry", "TEXT NOT NULL DEFAULT 'discard'")
+    # Idempotent: an infinite end stays infinite.
+    db.execute("UPDATE recipients SET next_attempt = ? WHERE state = 'held'", (math.inf,))
+
+
 # (version reached, step from the version before); in order, one per version.
 MIGRATIONS: tuple[tuple[int, Callable[[sqlite3.Connection], None]], ...] = (
     (1, _create_v1),
     (2, _v1_to_v2),
     (3, _v2_to_v3),
+    (4, _v3_to_v4),
 )
 CURRENT_VERSION = MIGRATIONS[-1][0]
 

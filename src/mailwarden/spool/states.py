@@ -10,6 +10,7 @@ Life of a recipient::
                       ├─ attempt 2xx ─▶ delivered      (final)
                       ├─ attempt 5xx, or retries exhausted ─▶ bounced (final, a DSN is due)
                       └─ policy discard ─▶ discarded   (final: accepted, never delivered)
+    held ──its retention ends──▶ discarded, or bounced with a DSN (queue/retention.py)
 
 A delivery in progress is not a state: it is a lease on the message (``leased_by``,
 ``lease_until`` in the spool), so a crashed delivery frees itself when the lease ends and the
@@ -26,7 +27,7 @@ class RecipientState(enum.StrEnum):
 
     ACTIVE = "active"  # waiting for its first attempt (or released from hold)
     DEFERRED = "deferred"  # a temporary failure; retried at ``next_attempt``
-    HELD = "held"  # quarantine: kept, never attempted until an operator releases it
+    HELD = "held"  # quarantine: never attempted; released, or ended at ``next_attempt``
     DISCARDED = "discarded"  # accepted for the sender but never delivered (policy)
     DELIVERED = "delivered"  # the next hop accepted it (2xx)
     BOUNCED = "bounced"  # failed for good (5xx or too many retries): a bounce is due

@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from mailwarden.metrics.instruments import spool_commit
 from mailwarden.smtp import replies
-from mailwarden.spool import outcomes, schema
+from mailwarden.spool import holds, outcomes, schema
 from mailwarden.spool.errors import SpoolError, reply_for_os_error
 from mailwarden.spool.events import (
     EventSink,
@@ -448,6 +448,22 @@ class SpoolStore:
             if outcome.message_id in gone:
                 events.append(MessageRemoved(outcome.message_id, outcome.removal_reason))
         self.events.emit(events)
+
+    # --- quarantine retention (see spool/holds.py) -----------------------------------------
+
+    async def expire_held(self, now: float, decide: holds.Decide, *, limit: int) -> holds.Swept:
+        """Change up to ``limit`` messages whose held recipients' retention ended at or before
+        ``now``, as ``decide`` says, in one transaction; spill files of removed messages go
+        after it, then the events. Raises SpoolError if it could not be written (then nothing
+        changed)."""
+        swept = await self._run(
+            lambda db: holds.expire(db, self.directory, now, decide, limit=limit)
+        )
+        for path in swept.unlink:
+            path.unlink(missing_ok=True)
+        if self.events and swept.changed:
+            self.events.emit(swept.events())
+        return swept
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T], *, durable: bool = True) -> _T:
         loop = asyncio.get_running_loop()
