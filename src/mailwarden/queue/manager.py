@@ -66,7 +66,6 @@ log = logging.getLogger("mailwarden.queue")
 
 SCRIPT_FAILURE_DELAY = 300.0  # pre_delivery raised: try again in 5 minutes, not counted
 DESTINATION_IDLE = 300.0  # seconds after which an unused destination is forgotten
-NEW_MAIL_DELAY = 0.02  # seconds between new mail's commit event and the lease that takes it
 LIMITS_TTL = 1.0  # seconds a destination's shaping limits and the suspensions are reused
 NO_DOMAIN = DeliveryReply(550, "5.1.3", "recipient address has no domain")
 
@@ -181,7 +180,6 @@ class QueueManager:
         self.destinations: dict[DestinationKey, Destination] = {}
         self.in_flight: dict[str, MessageRun] = {}
         self._wake = asyncio.Event()
-        self._new_mail: asyncio.TimerHandle | None = None
         self._room = asyncio.Event()
         self._finished: list[AttemptOutcome] = []
         self._flushing = False
@@ -232,8 +230,6 @@ class QueueManager:
         await self._flush()
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._new_mail is not None:
-            self._new_mail.cancel()
         with contextlib.suppress(SpoolError):
             await self.store.clear_leases()
 
@@ -250,15 +246,8 @@ class QueueManager:
         self._wake.set()
 
     def _on_spool_event(self, event: SpoolEvent) -> None:
-        if isinstance(event, MessageQueued) and self._new_mail is None:
-            # Not at once: under a stream of new mail one lease then takes what arrived
-            # in NEW_MAIL_DELAY seconds (one transaction), not one message each time.
-            loop = asyncio.get_running_loop()
-            self._new_mail = loop.call_later(NEW_MAIL_DELAY, self._new_mail_due)
-
-    def _new_mail_due(self) -> None:
-        self._new_mail = None
-        self._wake.set()
+        if isinstance(event, MessageQueued):
+            self._wake.set()
 
     # --- leasing ------------------------------------------------------------------------
 
