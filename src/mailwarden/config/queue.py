@@ -315,6 +315,11 @@ class QueueSettings(BaseModel):
     poll_interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=60)] = Field(
         1.0, description="Seconds between looks for due messages when nothing wakes."
     )
+    max_bytes_in_flight: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of leased messages a worker holds in memory before it leases more.",
+    )
     hold_retention: Annotated[float, BeforeValidator(_retention)] = Field(
         DEFAULT_RETENTION,
         description="How long held (quarantined) mail is kept unless the hold says;"

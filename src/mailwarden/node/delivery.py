@@ -18,6 +18,7 @@ from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.manager import ManagerSettings, QueueManager
 from mailwarden.queue.plan import Planner
 from mailwarden.spool.store import SpoolStore
+from mailwarden.spool.writer import MAX_HEADER_BYTES
 
 
 def manager_settings(config: Config) -> ManagerSettings:
@@ -28,6 +29,10 @@ def manager_settings(config: Config) -> ManagerSettings:
         reporting_mta=config.node.hostname,
         lease_duration=queue.lease_duration,
         poll_interval=queue.poll_interval,
+        max_bytes_in_flight=queue.max_bytes_in_flight,
+        # Bodies up to memory_threshold live in the row, headers up to MAX_HEADER_BYTES.
+        # Twice: the row's bytes and, once sent, their joined copy.
+        largest_inline=2 * (config.spool.memory_threshold + MAX_HEADER_BYTES),
         connect_timeout=delivery.connect_timeout,
         mx_address_limit=delivery.mx_address_limit,
         mx_session_limit=delivery.mx_session_limit,

@@ -66,6 +66,7 @@ log = logging.getLogger("mailwarden.queue")
 
 SCRIPT_FAILURE_DELAY = 300.0  # pre_delivery raised: try again in 5 minutes, not counted
 DESTINATION_IDLE = 300.0  # seconds after which an unused destination is forgotten
+TYPICAL_SIZE = 16 * 1024  # the least a leased message is assumed to hold in memory
 LIMITS_TTL = 1.0  # seconds a destination's shaping limits and the suspensions are reused
 NO_DOMAIN = DeliveryReply(550, "5.1.3", "recipient address has no domain")
 
@@ -79,6 +80,11 @@ class ManagerSettings:
     poll_interval: float = 5.0
     lease_batch: int = 256
     max_in_flight: int = 4000  # messages leased and not yet recorded, per worker
+    # ... and the bytes they hold in memory ([queue] max_bytes_in_flight): row bodies are
+    # read with the lease (spilled ones from their files when sent), so leasing stops at this
+    # and a worker's memory stays bounded whatever the sizes of the queued messages.
+    max_bytes_in_flight: int = 64 * 1024 * 1024
+    largest_inline: int = 2 * (131072 + 1048576)  # the most a leased message holds in memory
     connect_timeout: float = 30.0
     mx_address_limit: int = 5  # addresses tried per attempt (0: all), Postfix's default
     mx_session_limit: int = 2  # servers that greeted and failed, per attempt (0: all)
@@ -96,10 +102,12 @@ class ManagerSettings:
 class MessageRun:
     """One leased message while its attempts are under way."""
 
-    __slots__ = ("_bytes", "leased", "new_records", "pending", "remote_mta", "verdicts")
+    __slots__ = ("_bytes", "leased", "new_records", "pending", "remote_mta", "size", "verdicts")
 
     def __init__(self, leased: LeasedMessage) -> None:
         self.leased = leased
+        # In memory while in flight: the row's bytes, and once sent their joined copy.
+        self.size = 2 * (len(leased.headers) + len(leased.body or b""))
         self.pending = 0
         self.verdicts: list[Verdict] = []
         self.remote_mta: dict[int, str] = {}
@@ -179,6 +187,8 @@ class QueueManager:
         self.stopping = False
         self.destinations: dict[DestinationKey, Destination] = {}
         self.in_flight: dict[str, MessageRun] = {}
+        self.bytes_in_flight = 0  # what the in-flight messages hold in memory
+        self._typical_size = settings.largest_inline  # until sizes are seen: the most
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._finished: list[AttemptOutcome] = []
@@ -261,7 +271,13 @@ class QueueManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), settings.poll_interval)
                 continue
-            room = settings.max_in_flight - len(self.in_flight)
+            room = min(
+                settings.max_in_flight - len(self.in_flight),
+                # As many as the byte budget has room for, at the sizes seen so far.
+                (settings.max_bytes_in_flight - self.bytes_in_flight) // self._typical_size,
+            )
+            if not self.in_flight:
+                room = max(room, 1)  # one message always goes, however large
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -319,6 +335,10 @@ class QueueManager:
         record = leased.record
         run = MessageRun(leased)
         self.in_flight[record.id] = run
+        self.bytes_in_flight += run.size
+        # The largest of the last sizes decides how many the next lease may take (the
+        # estimate starts at the largest possible and comes down as smaller ones are seen).
+        self._typical_size = max(run.size, (self._typical_size * 7) // 8, TYPICAL_SIZE)
         due = [
             position
             for position, rcpt in enumerate(record.recipients)
@@ -686,7 +706,9 @@ class QueueManager:
                     # The leases run out and the attempts are made again: at-least-once.
                     log.error("queue: cannot record %d outcomes: %s", len(batch), error)
                 for outcome in batch:
-                    self.in_flight.pop(outcome.message_id, None)
+                    run = self.in_flight.pop(outcome.message_id, None)
+                    if run is not None:
+                        self.bytes_in_flight -= run.size
                 self._room.set()
                 self._wake.set()
         finally:
