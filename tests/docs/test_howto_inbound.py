@@ -49,7 +49,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     " --config mailwarden.toml": (r'^  "passed": true$',),
     "printf '%s' 'X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'"
     " > eicar.com": (),
-    f"{SWAKS} {TRIPLET} --attach @eicar.com{FAILED}": (
+    f"{SWAKS} {TRIPLET} --attach-name eicar.com --attach @eicar.com{FAILED}": (
         r"^<\*\* 554 5\.7\.1 Virus found: ",
         r"^swaks exited 26$",
     ),
