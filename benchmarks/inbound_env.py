@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import smtplib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,8 +37,11 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/…`: the tests' nsd 
 from tests.support.dns_server import DnsServer, dns_server  # noqa: E402
 
 from mailwarden.lib import dkim  # noqa: E402
+from mailwarden.lib.backends import library_dir  # noqa: E402
+from mailwarden.lib.datastore import Datastore, SqliteDatastore  # noqa: E402
 from mailwarden.policy.context import Message, memory_body  # noqa: E402
 from mailwarden.policy.headers import Headers  # noqa: E402
+from mailwarden.spool.reader import read_message_bytes  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "inbound_filter.py"
 DOMAIN = "bench.test"
@@ -147,3 +151,66 @@ def configured_filter() -> str:
 def greylist_key(sender: str = SENDER, recipient: str = RECIPIENT) -> str:
     """The example's triplet key for the benchmark's client (its /24), sender and recipient."""
     return f"127.0.0.0/24 {sender.lower()} {recipient.lower()}"
+
+
+# -- the filter as the policy of receive_throughput.py ----------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterRun:
+    """What receive_throughput.py needs to run the filter: the script, the config lines, and
+    smtpping's options (the signed message as its file, the sender and HELO SPF checks)."""
+
+    script: Path
+    node_line: str
+    server_line: str
+    smtpping_options: tuple[str, ...]
+
+
+def prepare_filter(directory: Path, env: Environment) -> FilterRun:
+    script = directory / "inbound_filter.py"
+    script.write_text(configured_filter())
+    message = directory / "signed.eml"
+    message.write_bytes(env.signed)
+    return FilterRun(
+        script,
+        node_line=f'dns_servers = ["{env.server.address}"]',
+        # Loopback is trusted by default, and trusted clients skip every check: not here.
+        server_line="trusted_networks = []",
+        smtpping_options=("-f", str(message), "-S", SENDER, "-H", HELO),
+    )
+
+
+async def _seed(path: Path) -> None:
+    store = Datastore(SqliteDatastore(path))
+    try:
+        await store.set(GREYLIST_NAMESPACE, greylist_key(), {"first": 0.0, "passed": True})
+    finally:
+        assert store.backend is not None
+        await store.backend.close()
+
+
+def seed_greylisting(data_dir: Path) -> None:
+    """Record the benchmark's triplet as one that passed greylisting, as the filter does after
+    a retry: its messages go through at once (each still reads and rewrites the entry)."""
+    asyncio.run(_seed(library_dir(data_dir) / "datastore.db"))
+
+
+def probe(port: int, env: Environment, spool: Path) -> str:
+    """Send the signed message once as smtpping will; its Authentication-Results value, after
+    checking that SPF, DKIM and DMARC all passed (else the benchmark would measure refusals)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.helo(HELO)
+        replies = [client.mail(SENDER), client.rcpt(RECIPIENT), client.data(env.signed)]
+    for code, text in replies:
+        if code != 250:
+            refused = f"{code} {text.decode(errors='replace')}"
+            raise RuntimeError(f"the inbound filter refused the benchmark's message: {refused}")
+    queued = re.search(rb"queued as (\S+)", replies[-1][1])
+    stored = read_message_bytes(spool, queued.group(1).decode()) if queued else None
+    header = (stored or b"").split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    found = re.search(r"Authentication-Results: (.*?)\r\n(?! )", header, re.DOTALL)
+    value = found.group(1).replace("\r\n", "") if found else ""
+    if any(f"{check}=pass" not in value for check in ("spf", "dkim", "dmarc")):
+        raise RuntimeError(f"the benchmark's message did not pass SPF, DKIM and DMARC: {value!r}")
+    return value
