@@ -9,10 +9,11 @@ The zones (served by the tests' nsd helper, tests/support/dns_server.py):
 * ``bl.test``, a DNS block list (RFC 5782) with only its test entry 127.0.0.2, so that the
   benchmark's client, 127.0.0.1, is looked up and found unlisted (NXDOMAIN), the usual case.
 
-The copy of the filter differs from the example in its settings only (``configured_filter``):
-the DNSBL zone is ``bl.test``, the rate limit is one no benchmark reaches (every message still
-makes its ``rate()`` call), and ``_scan`` answers "clean" without asking clamd or rspamd,
-because issue 9 measures the filter with the scanners excluded.
+The copy of the filter differs from the example in three settings and one function
+(``configured_filter``): the DNSBL zone is ``bl.test``, the rate limit is one no benchmark
+reaches (every message still makes its ``rate()`` call), the authserv-id is fixed, and
+``_scan`` answers "clean" without asking clamd or rspamd, because issue 9 measures the filter
+with the scanners excluded.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ SETTINGS = {
 # Appended to the copy: data() looks _scan up when it runs, so this one is used.
 NO_SCANNERS = '''
 
-async def _scan(conn, tx, message):  # noqa: ANN001, ANN202
+async def _scan(
+    conn: Connection, tx: Transaction, message: Message
+) -> tuple[clamav.ClamResult, rspamd.RspamdResult]:
     """Benchmark copy: scanners excluded (issue 9), every message is clean."""
     return clamav.ClamResult(clean=True), rspamd.RspamdResult(0.0, 15.0, "no action")
 '''
