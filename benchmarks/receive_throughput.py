@@ -95,6 +95,7 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
         policy, options = setup.script, setup.smtpping_options
         lines = {"node_line": setup.node_line, "server_line": setup.server_line}
     mailwarden = start_mailwarden(ports["mailwarden"], args.workers, policy, **lines)
+    stack.callback(mailwarden.stop)  # also when the probe or a peer fails to start
     if env is not None:
         seed_greylisting(mailwarden.directory / "data")
         found = probe(ports["mailwarden"], env, mailwarden.directory / "data" / "spool")
