@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import socket
 import statistics
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,10 +88,16 @@ class Mailwarden:
 
 
 def start_mailwarden(
-    port: int, workers: int | None, script: Path | None, extra_limits: str = ""
+    port: int,
+    workers: int | None,
+    script: Path | None,
+    extra_limits: str = "",
+    node_line: str = "",
+    server_line: str = "",
 ) -> Mailwarden:
     """Mailwarden with default durability (fsync, group commit) in a fresh data directory;
-    ``workers`` None keeps the default (one per core)."""
+    ``workers`` None keeps the default (one per core). ``node_line`` and ``server_line``: one
+    more line of ``[node]`` and of the ``[[servers]]`` table (e.g. ``dns_servers = [...]``)."""
     directory = Path(tempfile.mkdtemp(prefix="mailwarden-bench-"))
     script_line = f'script = "{script}"' if script else ""
     config = textwrap.dedent(
@@ -99,12 +107,14 @@ def start_mailwarden(
         {f"workers = {workers}" if workers is not None else "# workers: the default, one per core"}
         {'user = "root"' if os.geteuid() == 0 else ""}  # as root, said explicitly
         log_level = "info"  # the default: a line per message, as Postfix logs
+        {node_line}
 
         [[servers]]
         id = "bench"
         listen = ["127.0.0.1:{port}"]
         local_domains = ["example.org"]
         {script_line}
+        {server_line}
 
         [servers.limits]
         connections_per_ip = 20000
@@ -157,14 +167,17 @@ def stop_haraka(pid: int) -> None:
             os.kill(child, signal.SIGTERM)
 
 
-def smtpping_rate(port: int, seconds: float, parallel: int, size_kib: int) -> list[int]:
+def smtpping_rate(
+    port: int, seconds: float, parallel: int, size_kib: int, extra: Sequence[str] = ()
+) -> list[int]:
     """Run Debian's smtpping in rate mode for ``seconds``; the messages completed per second.
+    ``extra``: more of its options (e.g. ``-f FILE -S SENDER -H HELO``).
 
     smtpping prints its per-second counts only to a terminal, so it runs under script(1).
     The first and last seconds are partial and dropped.
     """
     command = (
-        f"{DEBIAN_SMTPPING} -r -w 0 -P {parallel} -s {size_kib} "
+        f"{DEBIAN_SMTPPING} -r -w 0 -P {parallel} -s {size_kib} {shlex.join(extra)} "
         f"test@example.org @127.0.0.1 -p {port}"
     )
     result = subprocess.run(

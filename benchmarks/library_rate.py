@@ -16,6 +16,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import uvloop
@@ -39,6 +41,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def redis_server(directory: Path) -> Iterator[str | None]:
+    """Debian's redis-server on a free loopback port (no persistence), stopped afterwards;
+    yields its URL, or None when redis-server is not installed."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", ""],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200_000)
@@ -51,29 +79,14 @@ def main() -> None:
         local = uvloop.run(per_call(args.calls, args.keys))
         print(f"local table: {local:.2f} µs per call ({args.calls} calls, {args.keys} keys)")
 
-        binary = shutil.which("redis-server")
-        if binary is None:
-            print("redis: skipped (no redis-server)")
-            return
-        port = free_port()
-        server = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            use(RedisRateLimiter(f"redis://127.0.0.1:{port}/0"))
+        with redis_server(Path(directory)) as url:
+            if url is None:
+                print("redis: skipped (no redis-server)")
+                return
+            use(RedisRateLimiter(url))
             calls = max(1, args.calls // 20)
             redis_us = uvloop.run(per_call(calls, min(args.keys, calls)))
             print(f"redis: {redis_us / 1000:.3f} ms per call ({calls} calls)")
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
 
 
 if __name__ == "__main__":
