@@ -8,20 +8,15 @@ command the page gains without an entry here fails the coverage test.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from tests.support.dns_server import dns_server
-from tests.support.howto import Command, blocks, page_commands
+from tests.support.howto import Command, page_commands
+from tests.support.howto_run import ENV, Ran, check, coverage, running_page, write_files
 from tests.support.node import free_port
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "howto" / "test-an-smtp-server.md"
@@ -109,91 +104,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# `mailwarden stats` reads what the workers publish every 2 s: ask again until it shows.
-EVENTUALLY = ("mailwarden stats",)
-BACKGROUND = ("mailwarden run",)
-
-# The `mailwarden` and `smtpping` of this interpreter (a virtual environment's too, when
-# scripts/test runs without activating it), not Debian's /usr/bin/smtpping.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-@dataclass
-class Ran:
-    command: Command
-    returncode: int
-    output: str
-
-
-def fill(text: str, ports: dict[str, int]) -> str:
-    for name in sorted(ports, key=len, reverse=True):  # DNSPORT before PORT
-        text = re.sub(rf"\b{name}\b", str(ports[name]), text)
-    return text
-
-
-def matches(pattern: str, text: str) -> bool:
-    return re.search(pattern, text, re.MULTILINE) is not None
-
-
-def write_files(directory: Path, ports: dict[str, int]) -> dict[str, str]:
-    """The page's files, and its zones (name -> records)."""
-    zones: dict[str, str] = {}
-    for block in blocks(PAGE):
-        if "file" in block.attributes:
-            text = fill(block.text, ports)
-            if block.attributes["file"].endswith(".toml") and os.geteuid() == 0:
-                # As root the node wants an account to serve as (the page says so).
-                text = text.replace("[node]\n", '[node]\nuser = "root"\n', 1)
-            (directory / block.attributes["file"]).write_text(text)
-        if "zone" in block.attributes:
-            zones[block.attributes["zone"]] = block.text
-    return zones
-
-
-def run(command: Command, directory: Path, ports: dict[str, int]) -> Ran:
-    patterns = [fill(p, ports) for p in EXPECTED.get(command.text, ())]
-    deadline = time.monotonic() + 20
-    while True:
-        done = subprocess.run(
-            ["bash", "-o", "pipefail", "-c", fill(command.text, ports)],
-            cwd=directory,
-            env=ENV,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=120,
-        )
-        ready = all(matches(p, done.stdout) for p in patterns)
-        if ready or not command.text.startswith(EVENTUALLY) or time.monotonic() > deadline:
-            return Ran(command, done.returncode, done.stdout)
-        time.sleep(0.5)
-
-
-def start(command: Command, directory: Path, ports: dict[str, int]) -> subprocess.Popen[bytes]:
-    """The page's ``mailwarden run``, in the background, in its own process group."""
-    log = directory / "run.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["bash", "-c", "exec " + fill(command.text, ports)],
-            cwd=directory,
-            env=ENV,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 30
-    while "node ready: " not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"mailwarden run did not get ready: {log.read_text()}")
-        time.sleep(0.05)
-    return process
-
 
 @dataclass
 class Page:
     results: dict[int, Ran]  # by the command's line in the page
-    ports: dict[str, int]
+    ports: dict[str, int | str]
 
 
 @pytest.fixture(scope="module")
@@ -203,25 +118,13 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
             f"{tool} is not installed (scripts/test installs it)"
         )
     directory = tmp_path_factory.mktemp("howto")
-    zones = write_files(directory, {"PORT": 0, "DNSPORT": 0})
-    results: dict[int, Ran] = {}
-    node: subprocess.Popen[bytes] | None = None
+    zones = write_files(PAGE, directory, {"PORT": 0, "DNSPORT": 0})
     with dns_server(directory / "dns", zones) as server:
-        ports = {"PORT": free_port(), "DNSPORT": server.port}
-        write_files(directory, ports)
-        try:
-            for command in page_commands(PAGE):
-                if command.text.startswith(BACKGROUND):
-                    node = start(command, directory, ports)
-                    log = (directory / "run.log").read_text(errors="replace")
-                    results[command.line] = Ran(command, 0, log)
-                else:
-                    results[command.line] = run(command, directory, ports)
+        ports: dict[str, int | str] = {"PORT": free_port(), "DNSPORT": server.port}
+        # `mailwarden stats` reads what the workers publish every 2 s: asked again until
+        # it shows (running_page's default).
+        with running_page(PAGE, directory, ports, EXPECTED) as results:
             yield Page(results, ports)
-        finally:
-            if node is not None and node.poll() is None:
-                os.killpg(node.pid, signal.SIGTERM)
-                node.wait(timeout=30)
 
 
 COMMANDS = page_commands(PAGE)
@@ -231,20 +134,8 @@ COMMANDS = page_commands(PAGE)
     "command", COMMANDS, ids=[f"line{c.line}-{c.text.split()[0]}" for c in COMMANDS]
 )
 def test_command_works_as_shown(command: Command, page: Page) -> None:
-    result = page.results[command.line]
-    assert result.returncode == 0, f"{command.text}\nexit {result.returncode}\n{result.output}"
-    for pattern in EXPECTED[command.text]:
-        # The page shows the placeholders themselves.
-        assert matches(pattern, command.shown), f"the page shows no {pattern!r} for {command.text}"
-        assert matches(fill(pattern, page.ports), result.output), (
-            f"{command.text}: no line matching {pattern!r} in\n{result.output}"
-        )
+    check(page.results[command.line], EXPECTED[command.text], page.ports)
 
 
 def test_every_command_of_the_page_is_checked() -> None:
-    shown = [command.text for command in COMMANDS]
-    untested = [text for text in shown if text not in EXPECTED]
-    gone = [text for text in EXPECTED if text not in shown]
-    assert not untested, f"commands of {PAGE.name} without expectations: {untested}"
-    assert not gone, f"expectations for commands {PAGE.name} no longer shows: {gone}"
-    assert len(shown) == len(set(shown)), "a command shown twice: give it one entry"
+    coverage(PAGE, EXPECTED)
