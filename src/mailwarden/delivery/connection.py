@@ -64,6 +64,7 @@ a drain only when the transport holds unsent data.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import ssl
 import time
@@ -543,6 +544,7 @@ async def open_first(
     *,
     address_limit: int = 0,
     session_limit: int = 0,
+    policies: Sequence[TlsPolicy] | None = None,
 ) -> tuple[OutboundConnection, list[DeliveryError]]:
     """Try targets in order (first MX down -> the next); returns the connection and the errors
     of the targets that failed before it. Every failure of ``OutboundConnection.open`` moves
@@ -554,14 +556,18 @@ async def open_first(
     servers that greeted, answered EHLO and then failed (TLS policy, AUTH), as Postfix's
     ``smtp_mx_address_limit`` (5) and ``smtp_mx_session_limit`` (2): a domain with dozens of
     MX addresses, or a row of servers that refuse the TLS policy, costs one attempt a bounded
-    time. 0: no limit."""
+    time. 0: no limit. ``policies``: each target's own TLS policy (DANE and MTA-STS decide per
+    MX host, see :mod:`mailwarden.delivery.tls_selection`) instead of ``options.tls``."""
     errors: list[DeliveryError] = []
     sessions = 0
     for tried, target in enumerate(targets):
         if address_limit and tried >= address_limit:
             break
         try:
-            return await OutboundConnection.open(target, options), errors
+            target_options = options
+            if policies is not None and policies[tried] != options.tls:
+                target_options = dataclasses.replace(options, tls=policies[tried])
+            return await OutboundConnection.open(target, target_options), errors
         except DeliveryError as error:
             errors.append(error)
             # Postfix counts the sessions that completed the greeting and EHLO only.

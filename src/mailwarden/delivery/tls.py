@@ -30,13 +30,23 @@ class TlsPolicy:
 
     ``verify_name``: the name the certificate must match; None means the host connected to
     (the MX name, or the route's host). ``ca_file``: PEM bundle; None means the system store.
-    ``source``: which policy decided (``config``, ``route``, ``script``; later ``mta-sts``,
-    ``dane``), reported to post_delivery and in TLS reports."""
+    ``source``: which policy decided (``config``, ``route``, ``script``, ``mta-sts``,
+    ``dane``), reported to post_delivery and in TLS reports.
+
+    The ``policy_*`` fields are the RFC 8460 §4.4 "policy" object of the TLS report the
+    session counts in: ``policy_type`` ``sts``, ``tlsa`` or ``no-policy-found``;
+    ``policy_domain`` the recipient domain the policy was looked up for (None: not an MX
+    delivery, reported nowhere); ``policy_strings`` the MTA-STS policy's lines or the TLSA
+    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values."""
 
     mode: TlsMode = TlsMode.OPTIONAL
     verify_name: str | None = None
     ca_file: Path | None = None
     source: str = "config"
+    policy_type: str = "no-policy-found"
+    policy_domain: str | None = None
+    policy_strings: tuple[str, ...] = ()
+    mx_patterns: tuple[str, ...] = ()
 
     @property
     def verifies(self) -> bool:

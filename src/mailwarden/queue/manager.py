@@ -29,6 +29,7 @@ from typing import Any
 from mailwarden.delivery.connection import OutboundConnection
 from mailwarden.delivery.errors import DeliveryError, DeliveryReply
 from mailwarden.delivery.tls import TlsPolicy
+from mailwarden.delivery.tls_selection import TlsPolicySelector
 from mailwarden.policy.delivery import (
     DeliveryAction,
     DeliveryAttempt,
@@ -175,8 +176,10 @@ class QueueManager:
         owner: str,
         new_id: Callable[[], str],
         clock: Callable[[], float] = time.time,
+        tls_selector: TlsPolicySelector | None = None,
     ) -> None:
         self.store = store
+        self.tls_selector = tls_selector if tls_selector is not None else TlsPolicySelector()
         self.settings = settings
         self.planner = planner
         self.limits = limits

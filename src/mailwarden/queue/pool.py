@@ -196,11 +196,15 @@ class Destination:
         targets = await self._resolve()
         settings = self.manager.settings
         options = self.key.options(settings.connect_timeout)
+        policies = None
+        if self.key.hop is None:  # an MX delivery: DANE and MTA-STS may apply per MX host
+            policies = await self.manager.tls_selector.select(self.key.domain, targets, options.tls)
         connection, failures = await open_first(
             targets,
             options,
             address_limit=settings.mx_address_limit,
             session_limit=settings.mx_session_limit,
+            policies=policies,
         )
         for failure in failures:
             log.info("destination %s: %s", self.key.name, failure)

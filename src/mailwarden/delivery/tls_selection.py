@@ -1,0 +1,34 @@
+"""Which TLS policy each MX target of a recipient domain gets.
+
+Order of precedence (RFC 8461 §2: "senders who implement MTA-STS and DANE ... SHOULD apply
+DANE"; RFC 7672 §2.2): a DNSSEC-authenticated TLSA RRset of the MX host (DANE) decides for
+that host; else the recipient domain's MTA-STS policy in ``enforce`` (or ``testing``) mode;
+else the route's policy (``[delivery] tls``). Only MX deliveries take part: a route's own
+next hop keeps the route's policy, as the operator set it.
+
+:class:`TlsPolicySelector` is the one place the queue asks (``queue/pool.py``, when it opens
+a connection); the DANE and MTA-STS lookups live in their own modules and cache their
+answers, so asking again for every new connection costs a dictionary look-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from mailwarden.delivery.mx import Target
+from mailwarden.delivery.tls import TlsMode, TlsPolicy
+
+
+class TlsPolicySelector:
+    """The node's TLS policy selection (one per worker; holds the policy caches)."""
+
+    async def select(
+        self, domain: str, targets: Sequence[Target], base: TlsPolicy
+    ) -> list[TlsPolicy]:
+        """The policy of each of ``targets`` (the MX targets of ``domain``, in order) when
+        ``base`` is the route's policy. A route that says ``tls = "none"`` stays plaintext."""
+        if base.mode is TlsMode.NONE:
+            return [base] * len(targets)
+        policy = replace(base, policy_domain=domain)
+        return [policy] * len(targets)
