@@ -115,12 +115,19 @@ def dns_server(
     broken: tuple[str, ...] = (),
     *,
     rate_limit: bool = True,
+    complete: Mapping[str, str] | None = None,
 ) -> Iterator[DnsServer]:
     """Run nsd in the foreground serving ``zones`` (name -> records, the SOA and NS added);
     stop it afterwards. ``rate_limit=False`` turns nsd's response rate limiting off (for
-    benchmarks, which ask far more than 200 questions a second)."""
+    benchmarks, which ask far more than 200 questions a second). ``complete``: zones whose
+    text is written as given, SOA included (signed zones, tests/support/dnssec.py)."""
     directory.mkdir(parents=True, exist_ok=True)
+    for zone, text in (complete or {}).items():
+        (directory / f"{zone}.zone").write_text(text)
+    zones = {**zones, **dict.fromkeys(complete or {}, "")}
     for zone, records in zones.items():
+        if zone in (complete or {}):
+            continue
         body = SOA.format(zone=zone) + textwrap.dedent(records)
         (directory / f"{zone}.zone").write_text(body)
     port = free_dns_port()

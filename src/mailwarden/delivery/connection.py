@@ -38,6 +38,12 @@ STARTTLS per :class:`~mailwarden.delivery.tls.TlsPolicy` (RFC 3207; the policy's
 - ``required_verify``: and the certificate must verify against ``policy.verify_name`` or, without
   one, the target's host name; that name is also the SNI sent.
 
+DANE (RFC 7672, a policy with ``tlsa`` records, :mod:`mailwarden.delivery.dane`): TLS is
+required and the certificate is checked against the TLSA records only, by OpenSSL's DANE code
+(:mod:`mailwarden.delivery.dane_openssl`); the SNI is the MX host name (§3.2.1). A mismatch is
+4.7.5 with RFC 8460 type ``tlsa-invalid``. A policy whose TLSA lookup failed
+(``dane_failure``) fails before connecting (4.7.5, ``dnssec-invalid``, §2.1.1).
+
 The CA store is the system's unless ``policy.ca_file`` names a bundle
 (:func:`~mailwarden.delivery.tls.client_context`). After TLS the extensions are forgotten and
 EHLO is sent again (RFC 3207 §4.2).
@@ -71,6 +77,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mailwarden.delivery.dane_openssl import UnsupportedError, dane_context
 from mailwarden.delivery.errors import DeliveryError, DeliveryReply
 from mailwarden.delivery.mx import Target
 from mailwarden.delivery.tls import TlsMode, TlsPolicy, client_context, verification_failure
@@ -206,6 +213,11 @@ class OutboundConnection:
         Raises DeliveryError (stage connect/greeting/ehlo/tls/auth/timeout), see the module
         docstring; the socket is closed then. In mode ``optional`` a failed handshake makes a
         second connection that stays plaintext."""
+        failure = options.tls.dane_failure
+        if failure is not None:  # RFC 7672 §2.1.1: no delivery to a host whose TLSA is unknown
+            detail = f"{failure}: the TLSA lookup of {target.host} failed (DNSSEC)"
+            reply = _local(replies.DELIVERY_TLS_FAILED, detail)
+            raise DeliveryError(reply, stage="tls", host=target.host, tls_failure=failure)
         conn = await cls._connect(target, options)
         try:
             await conn._start(tls_allowed=True)
@@ -291,7 +303,14 @@ class OutboundConnection:
             self._without_tls(f"refused with {_one_line(event.reply)}")
             return
         try:
-            context = client_context(policy)
+            if policy.dane:
+                context: ssl.SSLContext = dane_context(policy.dane_names, policy.tlsa)
+            else:
+                context = client_context(policy)
+        except UnsupportedError as error:
+            self._broken = True
+            reply = _local(replies.DELIVERY_TLS_CONFIG, f"DANE: {error}")
+            raise DeliveryError(reply, stage="tls", host=self.target.host) from None
         except (OSError, ssl.SSLError) as error:
             self._broken = True
             detail = f"CA file {policy.ca_file}: {error}"
@@ -302,9 +321,11 @@ class OutboundConnection:
             # streams pause reading before the handshake starts.
             async with asyncio.timeout(self.options.timeouts.command):
                 await self._writer.start_tls(context, server_hostname=self._tls_name())
-        except (ssl.SSLError, OSError, TimeoutError) as error:
+        except (ssl.SSLError, OSError, TimeoutError, UnsupportedError) as error:
             self._broken = True
             failure = verification_failure(error)
+            if policy.dane and isinstance(error, ssl.SSLCertVerificationError):
+                failure = "tlsa-invalid"  # RFC 8460 §4.3.2: no TLSA record matched
             if policy.mode is TlsMode.OPTIONAL:
                 raise _PlaintextRetry(failure) from None
             detail = f"{failure} with {self._name}: {_describe(error)}"
@@ -314,8 +335,9 @@ class OutboundConnection:
             ) from None
         ssl_object = self._writer.get_extra_info("ssl_object")
         cipher = ssl_object.cipher()
+        verified = policy.verifies or policy.dane
         self.tls = TlsOutcome(
-            ssl_object.version(), cipher[0] if cipher else None, policy.verifies, None, policy
+            ssl_object.version(), cipher[0] if cipher else None, verified, None, policy
         )
         self._machine.tls_established()
         await self._hello()

@@ -27,6 +27,11 @@ RFC 5321 §5.1 with Postfix's choices where the RFC leaves room (smtp_addr.c, dn
 - An MX target that is an IP address written as a name (``MX 10 192.0.2.1.``, against RFC
   5321 §5.1, which wants a domain name) is taken as that address, as Postfix's smtp_addr_one
   does ("numeric domain name in resource data of MX record", logged there as a warning).
+- DNSSEC (for DANE, RFC 7672 §2.2): a Target says whether its MX RRset and its host's
+  address RRset were both authenticated by the resolver (AD bit, :func:`lib.dns.authenticated`)
+  and, when the host name was a CNAME followed securely, the expanded name (the first TLSA
+  base domain to try, §2.2.2). An implicit MX, a route's next hop and an address literal are
+  never "secure" here: DANE applies to MX deliveries with a signed MX RRset.
 - ``user@[192.0.2.1]`` / ``user@[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3 address literals)
   connect to the address without DNS, only when ``allow_ip_literals``; otherwise they are
   refused permanently (550 5.1.2), since a literal lets any sender aim the node at any
@@ -46,7 +51,7 @@ import enum
 import ipaddress
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import dns.name
@@ -73,12 +78,17 @@ BAD_LITERAL = DeliveryReply(550, "5.1.2", "Malformed address literal")
 class Target:
     """One address to connect to. ``host`` is the MX (or route) host name, or the IP
     literal's text: the name TLS verifies and logs show. ``preference`` is the MX preference
-    (0 for an implicit MX, a route's host or an address literal)."""
+    (0 for an implicit MX, a route's host or an address literal). ``dnssec``: the MX RRset
+    and this host's address RRset were DNSSEC-authenticated (DANE may apply, RFC 7672 §2.2);
+    ``expanded``: the CNAME-expanded host name when the address lookup followed a CNAME
+    securely, else None."""
 
     preference: int
     host: str
     address: str
     port: int = SMTP_PORT
+    dnssec: bool = field(default=False, compare=False)
+    expanded: str | None = field(default=None, compare=False)
 
 
 class _Missing(enum.Enum):
@@ -139,6 +149,8 @@ class _HostResult:
 
     families: list[list[str]]
     temporary: lib_dns.DnsError | None = None
+    secure: bool = False  # every address RRset found was authenticated
+    expanded: str | None = None  # the CNAME-expanded name, when it differs
     missing: str | None = None  # "name type: reason" of the last NXDOMAIN/NODATA
 
 
@@ -151,6 +163,7 @@ async def _host_addresses(host: str, ip_version: str) -> _HostResult:
     types = [t for t, v in (("AAAA", "ipv6"), ("A", "ipv4")) if ip_version in ("any", v)]
     answers = await asyncio.gather(*(_query(host, t) for t in types), return_exceptions=True)
     result = _HostResult([])
+    secure = []
     for rdtype, answer in zip(types, answers, strict=True):
         if isinstance(answer, lib_dns.DnsError):
             result.temporary = answer
@@ -160,6 +173,11 @@ async def _host_addresses(host: str, ip_version: str) -> _HostResult:
             result.missing = f"name={host} type={rdtype}: {answer.value}"
         else:
             result.families.append([str(ipaddress.ip_address(r.address)) for r in answer])
+            secure.append(lib_dns.authenticated(answer))
+            canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()
+            if canonical != host.lower().rstrip("."):
+                result.expanded = canonical
+    result.secure = bool(secure) and all(secure)
     return result
 
 
@@ -178,6 +196,7 @@ async def _targets_of_hosts(
     ip_version: str,
     rng: random.Random,
     none_found: DeliveryReply,
+    mx_secure: bool = False,
 ) -> list[Target]:
     """The targets of ``hosts`` in their order; when no host has an address, ``none_found``
     (permanent) unless a lookup failed temporarily."""
@@ -185,6 +204,8 @@ async def _targets_of_hosts(
     targets: list[Target] = []
     seen: set[str] = set()
     for (preference, host), result in zip(hosts, results, strict=True):
+        secure = mx_secure and result.secure
+        expanded = result.expanded if secure else None
         for family in result.families:  # IPv6, then IPv4
             # Shuffled within the family (Postfix's smtp_randomize_addresses), here rather
             # than as the answers arrive, so that a seeded rng gives one order.
@@ -192,7 +213,7 @@ async def _targets_of_hosts(
             for address in family:
                 if address not in seen:
                     seen.add(address)
-                    targets.append(Target(preference, host, address, port))
+                    targets.append(Target(preference, host, address, port, secure, expanded))
     if targets:
         return targets
     temporary = next((r.temporary for r in results if r.temporary is not None), None)
@@ -225,7 +246,8 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
     if not hosts:  # only "." (RFC 7505 §3: a null MX is the domain's one MX record)
         raise _fail(NULL_MX, f"{domain} accepts no mail (RFC 7505)", domain)
     ordered = _shuffle_equal_preferences(hosts, rng)
-    return await _targets_of_hosts(ordered, port, ip_version, rng, NO_ADDRESS)
+    secure = lib_dns.authenticated(answer)
+    return await _targets_of_hosts(ordered, port, ip_version, rng, NO_ADDRESS, secure)
 
 
 def _literal_target(

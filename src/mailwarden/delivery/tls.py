@@ -37,7 +37,13 @@ class TlsPolicy:
     session counts in: ``policy_type`` ``sts``, ``tlsa`` or ``no-policy-found``;
     ``policy_domain`` the recipient domain the policy was looked up for (None: not an MX
     delivery, reported nowhere); ``policy_strings`` the MTA-STS policy's lines or the TLSA
-    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values."""
+    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values.
+
+    DANE (:mod:`mailwarden.delivery.dane`): ``tlsa`` the usable TLSA records as (usage,
+    selector, matching type, data), which alone authenticate the server when not empty;
+    ``dane_names`` the reference names DANE-TA(2) checks (TLSA base domain first);
+    ``dane_failure`` set when the TLSA lookup itself failed (RFC 8460 ``dnssec-invalid``):
+    the host must not be tried (RFC 7672 §2.1.1)."""
 
     mode: TlsMode = TlsMode.OPTIONAL
     verify_name: str | None = None
@@ -47,10 +53,18 @@ class TlsPolicy:
     policy_domain: str | None = None
     policy_strings: tuple[str, ...] = ()
     mx_patterns: tuple[str, ...] = ()
+    tlsa: tuple[tuple[int, int, int, bytes], ...] = ()
+    dane_names: tuple[str, ...] = ()
+    dane_failure: str | None = None
 
     @property
     def verifies(self) -> bool:
         return self.mode in (TlsMode.OPTIONAL_VERIFY, TlsMode.REQUIRED_VERIFY)
+
+    @property
+    def dane(self) -> bool:
+        """The server is authenticated by TLSA records (RFC 7672 §3), not by a CA."""
+        return bool(self.tlsa)
 
     @property
     def requires(self) -> bool:

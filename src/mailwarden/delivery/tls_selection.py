@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from mailwarden.delivery import dane
 from mailwarden.delivery.mx import Target
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
 
@@ -43,5 +44,6 @@ class TlsPolicySelector:
         return None
 
     async def _dane(self, domain: str, target: Target, base: TlsPolicy) -> TlsPolicy | None:
-        """The MX host's DANE policy (RFC 7672) when its TLSA RRset is authenticated, or None."""
-        return None
+        """The MX host's DANE policy (RFC 7672) when its TLSA RRset is authenticated, or None
+        (:func:`mailwarden.delivery.dane.dane_policy`; ``[delivery] dane``)."""
+        return await dane.dane_policy(domain, target, base)

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -39,6 +40,7 @@ __all__ = [
     "a",
     "aaaa",
     "async_resolver",
+    "authenticated",
     "configure",
     "dnsbl",
     "fcrdns",
@@ -47,6 +49,7 @@ __all__ = [
     "servers",
     "timeout",
     "tlsa",
+    "tlsa_authenticated",
     "txt",
 ]
 
@@ -170,6 +173,10 @@ def _build(kind: type[_R]) -> _R:
         resolver = kind(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in _settings.servers]
     resolver.lifetime = _settings.timeout
+    # AD set in every query asks a validating resolver to say whether it authenticated the
+    # answer (RFC 6840 §5.7), without DO's signatures in every reply; DANE trusts that bit
+    # (RFC 7672 §2.1), so the configured resolver should be a local validating one.
+    resolver.flags = dns.flags.RD | dns.flags.AD
     # Each server gets an equal share of the lookup's time before the next one is asked, so
     # that a silent first server leaves time for the second (dnspython's per-try timeout).
     resolver.timeout = _settings.timeout / max(1, len(resolver.nameservers))
@@ -270,6 +277,26 @@ async def tlsa(name: str, *, timeout: float | None = None) -> list[TlsaRecord]:
     if answer is None:
         return []
     return [TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer]
+
+
+def authenticated(answer: dns.resolver.Answer) -> bool:
+    """Whether the resolver set AD on ``answer``: it validated it with DNSSEC (RFC 4035
+    §3.2.3). Only as trustworthy as the path to the resolver (RFC 7672 §2.1: use a local
+    one)."""
+    return bool(answer.response.flags & dns.flags.AD)
+
+
+async def tlsa_authenticated(
+    name: str, *, timeout: float | None = None
+) -> tuple[list[TlsaRecord], bool, int]:
+    """The TLSA records at ``name``, whether the resolver authenticated them (AD), and their
+    TTL in seconds (0 when there are none). A bogus answer is SERVFAIL from a validating
+    resolver, raised as DnsError like any temporary failure (RFC 7672 §2.1.1)."""
+    answer = await _resolve(name, "TLSA", timeout)
+    if answer is None or answer.rrset is None:
+        return [], False, 0
+    records = [TlsaRecord(r.usage, r.selector, r.mtype, bytes(r.cert)) for r in answer]
+    return records, authenticated(answer), int(answer.rrset.ttl)
 
 
 def dnsbl_name(ip: str, zone: str) -> str:
