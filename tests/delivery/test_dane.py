@@ -19,6 +19,7 @@ from tests.queue.delivery_support import FAST_RETRIES, queued, send, sending_nod
 from tests.support.dnssec import Resolver, validating_resolver
 from tests.support.node import free_port, node_process, running_node, write_config
 
+from mailwarden.config import ConfigError, load_config
 from mailwarden.delivery import dane
 from mailwarden.delivery.connection import ConnectOptions, OutboundConnection, open_first
 from mailwarden.delivery.errors import DeliveryError
@@ -254,3 +255,34 @@ def test_a_tlsa_mismatch_defers_the_message_in_a_whole_node(tmp_path: Path, setu
     assert [r.recipients[0].address for r in arrived] == ["bob@ee.dane.test"]
     assert carol.address == "carol@mismatch.dane.test"
     assert "4.7.5" in carol.last_reply and "tlsa-invalid" in carol.last_reply
+
+
+def test_dane_off_in_the_config_delivers_despite_a_mismatch(tmp_path: Path, setup: Setup) -> None:
+    peer_dir = tmp_path / "peer"
+    peer_dir.mkdir()
+    config = write_config(peer_dir, setup.port, server=_server_keys(peer_dir, setup))
+    config.write_text(
+        config.read_text().replace(
+            'local_domains = ["example.org"]', 'local_domains = ["mismatch.dane.test"]'
+        )
+    )
+    body = f'\n[delivery]\nport = {setup.port}\ndane = "off"\n' + FAST_RETRIES
+    with (
+        node_process(peer_dir, config, setup.port) as peer,
+        sending_node(
+            tmp_path / "out", body=body, node_extra=f'dns_servers = ["{setup.resolver.address}"]'
+        ) as node,
+    ):
+        send(node.port, "alice@sender.example", ["carol@mismatch.dane.test"], "off")
+        wait_until(lambda: len(list(iter_messages(peer.spool))) == 1, what="delivery without DANE")
+
+
+def test_the_dane_key_takes_its_two_values_and_names_a_bad_one(tmp_path: Path) -> None:
+    assert load_config(None).delivery.dane == "opportunistic"
+    path = tmp_path / "mailwarden.toml"
+    path.write_text('[delivery]\ndane = "off"\n')
+    assert load_config(path).delivery.dane == "off"
+    path.write_text('[delivery]\ndane = "mandatory"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any("delivery.dane" in problem for problem in caught.value.problems)

@@ -137,6 +137,10 @@ class DeliverySettings(BaseModel):
         2, ge=0, description="Servers that greeted but failed, tried per attempt; 0: all."
     )
     tls: TlsMode = Field(TlsMode.OPTIONAL, strict=False, description="Outbound TLS mode.")
+    dane: Literal["opportunistic", "off"] = Field(
+        "opportunistic",
+        description="DANE (RFC 7672) for MX hosts with DNSSEC-authenticated TLSA records.",
+    )
     tls_ca_file: RelativePath | None = Field(
         None, description="PEM CA bundle to verify servers with; default the system store."
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mailwarden.config import Config
 from mailwarden.config.queue import shaping_rules
+from mailwarden.delivery import dane
 from mailwarden.delivery.routes import RouteTable
 from mailwarden.policy.script import PolicyScript
 from mailwarden.queue.limits import NodeLimits
@@ -82,6 +83,7 @@ def new_manager(
     config: Config, store: SpoolStore, worker: int, script_for: Callable[[str], PolicyScript]
 ) -> QueueManager:
     limits = NodeLimits(Path(config.node.data_dir) / "queue")
+    dane.configure(config.delivery.dane)
     return QueueManager(
         store,
         manager_settings(config),
@@ -96,4 +98,5 @@ def new_manager(
 def reconfigure(manager: QueueManager, config: Config) -> None:
     """Reload: attempts planned from now on follow the new settings; attempts under way and
     open connections finish as they began."""
+    dane.configure(config.delivery.dane)
     manager.reconfigure(manager_settings(config), planner(config))
