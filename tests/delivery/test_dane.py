@@ -5,6 +5,7 @@ certificate issued by an intermediate CA (sent with its chain), trusted by no CA
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import textwrap
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from mailwarden.smtp.client import Envelope
 from mailwarden.spool.reader import iter_messages
 from mailwarden.spool.records import SpooledRecipient
 
-MX_NAMES = ["mx-ee", "mx-ta", "mx-mismatch", "mx-bogus", "mx-pkix"]
+MX_NAMES = ["mx-ee", "mx-ta", "mx-mismatch", "mx-bogus", "mx-pkix", "mx-tawrong", "mx-expired"]
 
 
 @dataclass
@@ -41,19 +42,27 @@ class Setup:
     resolver: Resolver
     chain_pem: bytes
     key_pem: bytes
+    expired_pem: bytes  # a certificate (and key) that expired yesterday, its TLSA is 3 1 1
 
 
-def _records(port: int, leaf: x509.Certificate, intermediate: x509.Certificate) -> str:
-    spki = hashlib.sha256(
-        leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    )
+def _spki_sha256(certificate: x509.Certificate) -> str:
+    key = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(key).hexdigest()
+
+
+def _records(
+    port: int, leaf: x509.Certificate, intermediate: x509.Certificate, expired: x509.Certificate
+) -> str:
+    spki = _spki_sha256(leaf)
     ta = hashlib.sha256(intermediate.public_bytes(Encoding.DER))
     tlsa = {
-        "mx-ee": f"3 1 1 {spki.hexdigest()}",  # DANE-EE, SPKI, SHA-256
+        "mx-ee": f"3 1 1 {spki}",  # DANE-EE, SPKI, SHA-256
         "mx-ta": f"2 0 1 {ta.hexdigest()}",  # DANE-TA: the intermediate, full cert, SHA-256
         "mx-mismatch": f"3 1 1 {'00' * 32}",
-        "mx-bogus": f"3 1 1 {spki.hexdigest()}",  # right data, broken signature
-        "mx-pkix": f"1 1 1 {spki.hexdigest()}",  # PKIX-EE: unusable (RFC 7672 §3.1.3)
+        "mx-bogus": f"3 1 1 {spki}",  # right data, broken signature
+        "mx-pkix": f"1 1 1 {spki}",  # PKIX-EE: unusable (RFC 7672 §3.1.3)
+        "mx-tawrong": f"2 0 1 {ta.hexdigest()}",  # the certificate does not name this host
+        "mx-expired": f"3 1 1 {_spki_sha256(expired)}",
     }
     lines = []
     for name in MX_NAMES:
@@ -63,6 +72,13 @@ def _records(port: int, leaf: x509.Certificate, intermediate: x509.Certificate) 
             f"{name} IN A 127.0.0.1",
             f"_{port}._tcp.{name} IN TLSA {tlsa[name]}",
         ]
+    # An MX host that is a CNAME: the TLSA base domain is the expanded name (RFC 7672 §2.2.2).
+    lines += [
+        "cname IN MX 10 alias.dane.test.",
+        "alias IN CNAME mx-real.dane.test.",
+        "mx-real IN A 127.0.0.1",
+        f"_{port}._tcp.mx-real IN TLSA 3 1 1 {spki}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -71,7 +87,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     directory = tmp_path_factory.mktemp("dane")
     root = trustme.CA()
     intermediate = root.create_child_ca()
-    cert = intermediate.issue_cert(*(f"{n}.dane.test" for n in MX_NAMES), "mx.plain.test")
+    names = [f"{n}.dane.test" for n in MX_NAMES if n != "mx-tawrong"]
+    cert = intermediate.issue_cert(*names, "mx.plain.test")
+    yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    expired = intermediate.issue_cert(
+        "mx-expired.dane.test",
+        not_before=yesterday - datetime.timedelta(days=30),
+        not_after=yesterday,
+    )
+    expired_leaf = x509.load_pem_x509_certificate(expired.cert_chain_pems[0].bytes())
     chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems)
     leaf = x509.load_pem_x509_certificate(cert.cert_chain_pems[0].bytes())
     inter = x509.load_pem_x509_certificate(intermediate.cert_pem.bytes())
@@ -85,11 +109,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     )
     with validating_resolver(
         directory,
-        signed={"dane.test": _records(port, leaf, inter)},
+        signed={"dane.test": _records(port, leaf, inter, expired_leaf)},
         unsigned={"plain.test": plain},
         corrupt=(f"_{port}._tcp.mx-bogus.dane.test",),
     ) as resolver:
-        yield Setup(port, resolver, chain, cert.private_key_pem.bytes())
+        expired_pem = expired.private_key_and_cert_chain_pem.bytes()
+        yield Setup(port, resolver, chain, cert.private_key_pem.bytes(), expired_pem)
 
 
 @pytest.fixture
@@ -101,9 +126,13 @@ def through_unbound(setup: Setup) -> Iterator[Setup]:
     dane.clear_cache()
 
 
-def _server_keys(directory: Path, setup: Setup) -> str:
-    (directory / "cert.pem").write_bytes(setup.chain_pem)
-    (directory / "key.pem").write_bytes(setup.key_pem)
+def _server_keys(directory: Path, setup: Setup, *, expired: bool = False) -> str:
+    if expired:
+        (directory / "cert.pem").write_bytes(setup.expired_pem)
+        (directory / "key.pem").write_bytes(setup.expired_pem)
+    else:
+        (directory / "cert.pem").write_bytes(setup.chain_pem)
+        (directory / "key.pem").write_bytes(setup.key_pem)
     return 'tls_certificate = "cert.pem"\ntls_key = "key.pem"\n'
 
 
@@ -286,3 +315,47 @@ def test_the_dane_key_takes_its_two_values_and_names_a_bad_one(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert any("delivery.dane" in problem for problem in caught.value.problems)
+
+
+async def test_dane_ta_checks_the_names_of_the_certificate(
+    tmp_path: Path, through_unbound: Setup
+) -> None:
+    setup = through_unbound
+    keys = _server_keys(tmp_path, setup)  # the certificate does not name mx-tawrong.dane.test
+    with (
+        running_node(tmp_path, server=keys, port=setup.port),
+        pytest.raises(DeliveryError) as caught,
+    ):
+        await _open("tawrong.dane.test", setup)
+    assert caught.value.tls_failure == "tlsa-invalid" and caught.value.reply.temporary
+
+
+async def test_dane_ee_checks_neither_name_nor_expiry(
+    tmp_path: Path, through_unbound: Setup
+) -> None:
+    setup = through_unbound
+    keys = _server_keys(tmp_path, setup, expired=True)
+    with running_node(tmp_path, server=keys, port=setup.port):
+        conn = await _open("expired.dane.test", setup)
+        await conn.close()
+    assert conn.tls.verified and conn.tls.policy.source == "dane"
+
+
+async def test_a_cname_mx_host_uses_the_tlsa_records_of_the_expanded_name(
+    tmp_path: Path, through_unbound: Setup
+) -> None:
+    setup = through_unbound
+    (target,) = await resolve_targets("cname.dane.test", port=setup.port)
+    assert target.host == "alias.dane.test" and target.dnssec
+    assert target.expanded == "mx-real.dane.test"
+    with running_node(tmp_path, server=_server_keys(tmp_path, setup), port=setup.port):
+        conn = await _open("cname.dane.test", setup)
+        await conn.close()
+    assert conn.tls.verified
+    assert conn.tls.policy.dane_names == ("mx-real.dane.test", "alias.dane.test")
+
+
+async def test_targets_say_whether_their_dns_was_authenticated(through_unbound: Setup) -> None:
+    (signed,) = await resolve_targets("ee.dane.test", port=25)
+    (unsigned,) = await resolve_targets("plain.test", port=25)
+    assert signed.dnssec and not unsigned.dnssec
