@@ -40,7 +40,8 @@ STARTTLS per :class:`~mailwarden.delivery.tls.TlsPolicy` (RFC 3207; the policy's
 
 DANE (RFC 7672, a policy with ``tlsa`` records, :mod:`mailwarden.delivery.dane`): TLS is
 required and the certificate is checked against the TLSA records only, by OpenSSL's DANE code
-(:mod:`mailwarden.delivery.dane_openssl`); the SNI is the MX host name (§3.2.1). A mismatch is
+(:mod:`mailwarden.delivery.dane_openssl`); the SNI is the TLSA base domain (§8.1: the MX host
+name, or its CNAME expansion when the records were found there). A mismatch is
 4.7.5 with RFC 8460 type ``tlsa-invalid``. A policy whose TLSA lookup failed
 (``dane_failure``) fails before connecting (4.7.5, ``dnssec-invalid``, §2.1.1).
 
@@ -353,8 +354,12 @@ class OutboundConnection:
         self.tls = TlsOutcome(None, None, False, "starttls-not-supported", policy)
 
     def _tls_name(self) -> str:
-        """The name the certificate must match (verifying modes) and the SNI sent."""
-        return self.options.tls.verify_name or self.target.host.strip("[]")
+        """The name the certificate must match (verifying modes) and the SNI sent; under
+        DANE the TLSA base domain (RFC 7672 §8.1), the MX host name unless it was a CNAME."""
+        policy = self.options.tls
+        if policy.dane:
+            return policy.dane_names[0]
+        return policy.verify_name or self.target.host.strip("[]")
 
     async def _authenticate(self, username: str, password: str) -> None:
         if self.tls.protocol is None and self.options.tls.mode is not TlsMode.NONE:
