@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from tests.queue.delivery_support import FAST_RETRIES, queued, send, sending_node, wait_until
+from tests.queue.delivery_support import (
+    FAST_RETRIES,
+    node_config,
+    queued,
+    send,
+    sending_node,
+    wait_until,
+)
 from tests.support.dnssec import Resolver, validating_resolver
 from tests.support.node import free_port, node_process, running_node, write_config
 
@@ -253,6 +261,24 @@ def test_usable_records_are_dane_ta_and_ee_with_known_parameters() -> None:
     assert not dane.usable(TlsaRecord(3, 1, 1, b"\1" * 31))  # a SHA-256 of the wrong size
 
 
+RESULTS_SCRIPT = """
+import json
+from pathlib import Path
+
+OUT = Path(__file__).with_name("results.jsonl")
+
+async def post_delivery(attempt, result):
+    with OUT.open("a") as out:
+        out.write(json.dumps({
+            "domain": attempt.domain,
+            "verified": result.tls_verified,
+            "policy": result.tls_policy,
+            "source": result.tls_policy_source,
+            "protocol": result.tls_protocol,
+        }) + "\\n")
+"""
+
+
 def test_a_tlsa_mismatch_defers_the_message_in_a_whole_node(tmp_path: Path, setup: Setup) -> None:
     peer_dir = tmp_path / "peer"
     peer_dir.mkdir()
@@ -263,14 +289,21 @@ def test_a_tlsa_mismatch_defers_the_message_in_a_whole_node(tmp_path: Path, setu
             'local_domains = ["ee.dane.test", "mismatch.dane.test"]',
         )
     )
-    body = f"\n[delivery]\nport = {setup.port}\n" + FAST_RETRIES
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "delivery.py").write_text(RESULTS_SCRIPT)
+    port = free_port()
+    (out / "mailwarden.toml").write_text(
+        node_config(
+            port,
+            server='script = "delivery.py"\n',
+            body=f"\n[delivery]\nport = {setup.port}\n" + FAST_RETRIES,
+            node_extra=f'dns_servers = ["{setup.resolver.address}"]',
+        )
+    )
     with (
         node_process(peer_dir, config, setup.port) as peer,
-        sending_node(
-            tmp_path / "out",
-            body=body,
-            node_extra=f'dns_servers = ["{setup.resolver.address}"]',
-        ) as node,
+        node_process(out, out / "mailwarden.toml", port) as node,
     ):
         send(node.port, "alice@sender.example", ["bob@ee.dane.test"], "dane ok")
         send(node.port, "alice@sender.example", ["carol@mismatch.dane.test"], "dane mismatch")
@@ -281,9 +314,15 @@ def test_a_tlsa_mismatch_defers_the_message_in_a_whole_node(tmp_path: Path, setu
 
         (carol,) = wait_until(deferred, what="the mismatched recipient deferred")  # type: ignore[misc]
         arrived = list(iter_messages(peer.spool))
+        results = out / "results.jsonl"
+        wait_until(lambda: results.exists() and "ee.dane.test" in results.read_text())
+        seen = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r.recipients[0].address for r in arrived] == ["bob@ee.dane.test"]
     assert carol.address == "carol@mismatch.dane.test"
     assert "4.7.5" in carol.last_reply and "tlsa-invalid" in carol.last_reply
+    ok = next(r for r in seen if r["domain"] == "ee.dane.test")
+    assert ok["verified"] and ok["source"] == "dane" and ok["policy"] == "required"
+    assert ok["protocol"] in ("TLSv1.2", "TLSv1.3")
 
 
 def test_dane_off_in_the_config_delivers_despite_a_mismatch(tmp_path: Path, setup: Setup) -> None:

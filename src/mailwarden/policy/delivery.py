@@ -160,6 +160,8 @@ class DeliveryResult:
     tls_verified: bool = False
     tls_failure: str | None = None
     tls_policy: str | None = None
+    # Which policy decided the TLS mode: "config", "route", "script", "mta-sts" or "dane".
+    tls_policy_source: str | None = None
     error: str | None = None
     connect_seconds: float | None = None  # time to open the connection (None: reused)
     seconds: float = 0.0  # the transaction, start to end
