@@ -18,7 +18,9 @@ What applies, per MX target (:func:`dane_policy`):
   but need not authenticate"), never plaintext.
 
 The answers are cached for their TTL (at most :data:`MAX_CACHE_SECONDS`), so the queue's
-connections to one MX host cost one lookup per TTL; failures are not cached.
+connections to one MX host cost one lookup per TTL; a failed lookup is remembered for
+:data:`FAILURE_SECONDS`, so a host with many addresses (or a resolver that times out) costs
+one wait per attempt, not one per address.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mailwarden.lib import dns as lib_dns
 __all__ = ["DaneMode", "configure", "dane_policy", "mode", "usable"]
 
 MAX_CACHE_SECONDS = 3600
+FAILURE_SECONDS = 30.0
 _CACHE_LIMIT = 10_000
 
 USAGES = frozenset({2, 3})  # DANE-TA, DANE-EE (RFC 7672 §3.1)
@@ -83,7 +86,7 @@ class _Found:
     records: tuple[lib_dns.TlsaRecord, ...]  # empty: no (secure) TLSA RRset
 
 
-_cache: dict[tuple[str, int], tuple[float, _Found]] = {}
+_cache: dict[tuple[str, int], tuple[float, _Found | lib_dns.DnsError]] = {}
 
 
 async def _lookup(name: str, port: int) -> _Found:
@@ -91,11 +94,18 @@ async def _lookup(name: str, port: int) -> _Found:
     now = time.monotonic()
     cached = _cache.get(key)
     if cached is not None and cached[0] > now:
+        failed = cached[1]
+        if isinstance(failed, lib_dns.DnsError):
+            raise lib_dns.DnsError(failed.name, failed.rdtype, failed.reason)
         return cached[1]
-    records, secure, ttl = await lib_dns.tlsa_authenticated(f"_{port}._tcp.{name}")
-    found = _Found(name, tuple(records) if secure else ())
     if len(_cache) >= _CACHE_LIMIT:
         _cache.clear()
+    try:
+        records, secure, ttl = await lib_dns.tlsa_authenticated(f"_{port}._tcp.{name}")
+    except lib_dns.DnsError as error:
+        _cache[key] = (now + FAILURE_SECONDS, error)
+        raise
+    found = _Found(name, tuple(records) if secure else ())
     _cache[key] = (now + min(max(ttl, 0), MAX_CACHE_SECONDS), found)
     return found
 
