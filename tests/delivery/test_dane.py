@@ -86,6 +86,9 @@ def _records(
         "alias IN CNAME mx-real.dane.test.",
         "mx-real IN A 127.0.0.1",
         f"_{port}._tcp.mx-real IN TLSA 3 1 1 {spki}",
+        # No MX records: the domain is its own MX (RFC 7672 §2.2.1, the denial is signed).
+        "implicit IN A 127.0.0.1",
+        f"_{port}._tcp.implicit IN TLSA 3 1 1 {spki}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -398,3 +401,15 @@ async def test_targets_say_whether_their_dns_was_authenticated(through_unbound: 
     (signed,) = await resolve_targets("ee.dane.test", port=25)
     (unsigned,) = await resolve_targets("plain.test", port=25)
     assert signed.dnssec and not unsigned.dnssec
+
+
+async def test_an_implicit_mx_with_a_signed_denial_gets_dane(
+    tmp_path: Path, through_unbound: Setup
+) -> None:
+    setup = through_unbound
+    (target,) = await resolve_targets("implicit.dane.test", port=setup.port)
+    assert target.host == "implicit.dane.test" and target.dnssec
+    with running_node(tmp_path, server=_server_keys(tmp_path, setup), port=setup.port):
+        conn = await _open("implicit.dane.test", setup)
+        await conn.close()
+    assert conn.tls.verified and conn.tls.policy.source == "dane"

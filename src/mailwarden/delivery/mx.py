@@ -30,8 +30,8 @@ RFC 5321 §5.1 with Postfix's choices where the RFC leaves room (smtp_addr.c, dn
 - DNSSEC (for DANE, RFC 7672 §2.2): a Target says whether its MX RRset and its host's
   address RRset were both authenticated by the resolver (AD bit, :func:`lib.dns.authenticated`)
   and, when the host name was a CNAME followed securely, the expanded name (the first TLSA
-  base domain to try, §2.2.2). An implicit MX, a route's next hop and an address literal are
-  never "secure" here: DANE applies to MX deliveries with a signed MX RRset.
+  base domain to try, §2.2.2). An implicit MX is secure when the resolver authenticated the
+  denial of MX records (§2.2.1); an address literal never is.
 - ``user@[192.0.2.1]`` / ``user@[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3 address literals)
   connect to the address without DNS, only when ``allow_ip_literals``; otherwise they are
   refused permanently (550 5.1.2), since a literal lets any sender aim the node at any
@@ -98,25 +98,34 @@ class _Missing(enum.Enum):
 
 async def _query(name: str, rdtype: str) -> dns.resolver.Answer | _Missing:
     """An answer with records, or why there is none; DnsError when it is not known now."""
+    return (await _query_authenticated(name, rdtype))[0]
+
+
+async def _query_authenticated(
+    name: str, rdtype: str
+) -> tuple[dns.resolver.Answer | _Missing, bool]:
+    """As :func:`_query`, and whether the resolver authenticated the answer (AD), which
+    for NODATA is an authenticated denial (RFC 4035 §3.2.3)."""
     lifetime = lib_dns.timeout()
     try:
         query_name = dns.name.from_text(name)
     except dns.exception.DNSException:
         # Not a valid domain name (an empty or over-long label): no such host, as Postfix's
         # dns_lookup answers for names it will not send to the resolver.
-        return _Missing.NXDOMAIN
+        return _Missing.NXDOMAIN, False
     try:
         async with asyncio.timeout(lifetime):
             answer = await lib_dns.async_resolver().resolve(
                 query_name, rdtype, lifetime=lifetime, raise_on_no_answer=False, search=False
             )
     except dns.resolver.NXDOMAIN:
-        return _Missing.NXDOMAIN
+        return _Missing.NXDOMAIN, False
     except (TimeoutError, dns.exception.Timeout):
         raise lib_dns.DnsError(name, rdtype, f"no answer within {lifetime:g}s") from None
     except dns.exception.DNSException as error:
         raise lib_dns.DnsError(name, rdtype, str(error) or type(error).__name__) from None
-    return answer if answer.rrset is not None else _Missing.NODATA
+    secure = lib_dns.authenticated(answer)
+    return (answer if answer.rrset is not None else _Missing.NODATA), secure
 
 
 def _fail(reply: DeliveryReply, detail: str, host: str | None = None) -> DeliveryError:
@@ -229,14 +238,15 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
         # the address itself (a next hop given in code without brackets).
         return await _targets_of_hosts([(0, domain)], port, ip_version, rng, NOT_FOUND)
     try:
-        answer = await _query(domain, "MX")
+        answer, secure = await _query_authenticated(domain, "MX")
     except lib_dns.DnsError as error:
         raise _temporary(error) from None
     if answer is _Missing.NXDOMAIN:
         raise _fail(NOT_FOUND, f"name={domain} type=MX: {answer.value}", domain)
     if answer is _Missing.NODATA:
-        # RFC 5321 §5.1: no MX records, the domain itself is the (implicit) MX.
-        return await _targets_of_hosts([(0, domain)], port, ip_version, rng, NOT_FOUND)
+        # RFC 5321 §5.1: no MX records, the domain itself is the (implicit) MX; DANE applies
+        # when the denial of MX records was authenticated (RFC 7672 §2.2.1).
+        return await _targets_of_hosts([(0, domain)], port, ip_version, rng, NOT_FOUND, secure)
     assert not isinstance(answer, _Missing)
     hosts = [
         (rdata.preference, rdata.exchange.to_text(omit_final_dot=True).lower())
@@ -246,7 +256,6 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
     if not hosts:  # only "." (RFC 7505 §3: a null MX is the domain's one MX record)
         raise _fail(NULL_MX, f"{domain} accepts no mail (RFC 7505)", domain)
     ordered = _shuffle_equal_preferences(hosts, rng)
-    secure = lib_dns.authenticated(answer)
     return await _targets_of_hosts(ordered, port, ip_version, rng, NO_ADDRESS, secure)
 
 
