@@ -8,15 +8,19 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import ssl
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.rdata as dns_rdata
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given
+from hypothesis import strategies as st
 from tests.queue.delivery_support import (
     FAST_RETRIES,
     node_config,
@@ -29,8 +33,9 @@ from tests.support.dnssec import Resolver, validating_resolver
 from tests.support.node import free_port, node_process, running_node, write_config
 
 from mailwarden.config import ConfigError, load_config
-from mailwarden.delivery import dane
+from mailwarden.delivery import dane, dane_openssl
 from mailwarden.delivery.connection import ConnectOptions, OutboundConnection, open_first
+from mailwarden.delivery.dane_openssl import UnsupportedError, dane_context
 from mailwarden.delivery.errors import DeliveryError
 from mailwarden.delivery.mx import resolve_targets
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
@@ -413,3 +418,31 @@ async def test_an_implicit_mx_with_a_signed_denial_gets_dane(
         conn = await _open("implicit.dane.test", setup)
         await conn.close()
     assert conn.tls.verified and conn.tls.policy.source == "dane"
+
+
+@st.composite
+def _tlsa(draw: st.DrawFn) -> TlsaRecord:
+    mtype = draw(st.integers(0, 255))
+    # dnspython (like RFC 6698 §2.1.3) insists a SHA-256/512 digest has its length.
+    size = {1: 32, 2: 64}.get(mtype)
+    data = draw(st.binary(min_size=size or 1, max_size=size or 80))
+    return TlsaRecord(draw(st.integers(0, 255)), draw(st.integers(0, 255)), mtype, data)
+
+
+@given(_tlsa())
+def test_presentation_reads_back_as_the_same_record(record: TlsaRecord) -> None:
+    parsed = dns_rdata.from_text("IN", "TLSA", dane.presentation(record))
+    assert TlsaRecord(parsed.usage, parsed.selector, parsed.mtype, parsed.cert) == record
+    usable = record.usage in (2, 3) and record.selector in (0, 1) and record.mtype in (0, 1, 2)
+    assert dane.usable(record) is usable
+
+
+def test_the_openssl_binding_refuses_an_ssl_object_of_another_context() -> None:
+    ours = dane_context(["mx.example.test"], [(3, 1, 1, b"\1" * 32)])
+    other = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    stranger = other.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="mx.example.test")
+    with pytest.raises(UnsupportedError):
+        dane_openssl._ssl_pointer(stranger, ours)
+    # Its own SSL objects get the records, before any handshake.
+    mine = ours.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="mx.example.test")
+    assert dane_openssl._ssl_pointer(mine, ours)
