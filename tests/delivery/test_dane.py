@@ -85,13 +85,13 @@ def _records(
             f"{name} IN A 127.0.0.1",
             f"_{port}._tcp.{name} IN TLSA {tlsa[name]}",
         ]
-    # An MX host that is a CNAME: the TLSA base domain is the expanded name (RFC 7672 §2.2.2).
+    # An MX host that is a CNAME: the TLSA base domain is the expanded name (RFC 7672 §2.2.3).
     lines += [
         "cname IN MX 10 alias.dane.test.",
         "alias IN CNAME mx-real.dane.test.",
         "mx-real IN A 127.0.0.1",
         f"_{port}._tcp.mx-real IN TLSA 3 1 1 {spki}",
-        # No MX records: the domain is its own MX (RFC 7672 §2.2.1, the denial is signed).
+        # No MX records: the domain is its own MX (RFC 7672 §2.2.2, the denial is signed).
         "implicit IN A 127.0.0.1",
         f"_{port}._tcp.implicit IN TLSA 3 1 1 {spki}",
     ]

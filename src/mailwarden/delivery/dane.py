@@ -4,18 +4,18 @@ What applies, per MX target (:func:`dane_policy`):
 
 - ``[delivery] dane = "off"``, or the target is not "secure" (its MX RRset or address RRset
   was not DNSSEC-authenticated, :class:`~mailwarden.delivery.mx.Target` ``dnssec``): no DANE
-  (RFC 7672 §2.2); MTA-STS or the route's policy decides.
+  (RFC 7672 §2.2.1); MTA-STS or the route's policy decides.
 - The TLSA RRset of ``_PORT._tcp.HOST`` is looked up at the CNAME-expanded host name first
-  and then at the MX host name (§2.2.2). Trusted only when the resolver authenticated it
+  and then at the MX host name (§2.2.3). Trusted only when the resolver authenticated it
   (AD); an insecure TLSA RRset, or none, is no DANE.
 - The lookup fails (SERVFAIL: a validating resolver's answer for bogus data, or a timeout)
-  for a secure host: the host is not tried, the attempt defers (§2.1.1: "the SMTP client
-  MUST NOT deliver to that server"); RFC 8460 type ``dnssec-invalid``.
+  for a secure host: the host is not tried, the attempt defers (§2.1.1: a failed lookup is
+  not "no records", delivery to that host waits); RFC 8460 type ``dnssec-invalid``.
 - Usable records: DANE-TA(2) and DANE-EE(3), selector 0/1, matching type 0/1/2 (§3.1;
   PKIX-TA(0)/PKIX-EE(1) are unusable, §3.1.3). Some usable: TLS is mandatory and only those
   records authenticate the server (:mod:`mailwarden.delivery.dane_openssl`). None usable:
-  TLS is still mandatory, without authentication (§2.2: "the SMTP client MUST employ TLS
-  but need not authenticate"), never plaintext.
+  TLS is still mandatory, without authentication (§2.2: usable or not, published TLSA
+  records say the server does TLS), never plaintext.
 
 The answers are cached for their TTL (at most :data:`MAX_CACHE_SECONDS`), so the queue's
 connections to one MX host cost one lookup per TTL; a failed lookup is remembered for
@@ -46,7 +46,7 @@ _DIGEST_SIZES = {1: 32, 2: 64}
 
 
 class DaneMode(enum.StrEnum):
-    OPPORTUNISTIC = "opportunistic"  # RFC 7672 §1.3: DANE wherever the MX host publishes it
+    OPPORTUNISTIC = "opportunistic"  # RFC 7672: DANE wherever the MX host publishes it
     OFF = "off"
 
 
@@ -66,7 +66,7 @@ def mode() -> DaneMode:
 
 def usable(record: lib_dns.TlsaRecord) -> bool:
     """Whether RFC 7672 §3.1 lets a record authenticate a server; a digest of the wrong size
-    can never match and is unusable too (RFC 7671 §4)."""
+    can never match (RFC 6698 §2.1.3 fixes their sizes) and is unusable too."""
     if record.usage not in USAGES or record.selector not in SELECTORS:
         return False
     if record.mtype not in MATCHING_TYPES:

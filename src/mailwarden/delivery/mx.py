@@ -30,8 +30,8 @@ RFC 5321 §5.1 with Postfix's choices where the RFC leaves room (smtp_addr.c, dn
 - DNSSEC (for DANE, RFC 7672 §2.2): a Target says whether its MX RRset and its host's
   address RRset were both authenticated by the resolver (AD bit, :func:`lib.dns.authenticated`)
   and, when the host name was a CNAME followed securely, the expanded name (the first TLSA
-  base domain to try, §2.2.2). An implicit MX is secure when the resolver authenticated the
-  denial of MX records (§2.2.1); an address literal never is.
+  base domain to try, §2.2.3). An implicit MX is secure when the resolver authenticated the
+  denial of MX records (§2.2.2); an address literal never is.
 - ``user@[192.0.2.1]`` / ``user@[IPv6:2001:db8::1]`` (RFC 5321 §4.1.3 address literals)
   connect to the address without DNS, only when ``allow_ip_literals``; otherwise they are
   refused permanently (550 5.1.2), since a literal lets any sender aim the node at any
@@ -245,7 +245,7 @@ async def _mx_targets(domain: str, port: int, ip_version: str, rng: random.Rando
         raise _fail(NOT_FOUND, f"name={domain} type=MX: {answer.value}", domain)
     if answer is _Missing.NODATA:
         # RFC 5321 §5.1: no MX records, the domain itself is the (implicit) MX; DANE applies
-        # when the denial of MX records was authenticated (RFC 7672 §2.2.1).
+        # when the denial of MX records was authenticated (RFC 7672 §2.2.2).
         return await _targets_of_hosts([(0, domain)], port, ip_version, rng, NOT_FOUND, secure)
     assert not isinstance(answer, _Missing)
     hosts = [
