@@ -91,6 +91,11 @@ def _records(
         "alias IN CNAME mx-real.dane.test.",
         "mx-real IN A 127.0.0.1",
         f"_{port}._tcp.mx-real IN TLSA 3 1 1 {spki}",
+        # One malformed record (a SHA-256 of two bytes) beside a good one: only unusable.
+        "malformed IN MX 10 mx-malformed.dane.test.",
+        "mx-malformed IN A 127.0.0.1",
+        f"_{port}._tcp.mx-malformed IN TLSA 3 1 1 abcd",
+        f"_{port}._tcp.mx-malformed IN TLSA 3 1 1 {spki}",
         # No MX records: the domain is its own MX (RFC 7672 §2.2.2, the denial is signed).
         "implicit IN A 127.0.0.1",
         f"_{port}._tcp.implicit IN TLSA 3 1 1 {spki}",
@@ -446,3 +451,14 @@ def test_the_openssl_binding_refuses_an_ssl_object_of_another_context() -> None:
     # Its own SSL objects get the records, before any handshake.
     mine = ours.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="mx.example.test")
     assert dane_openssl._ssl_pointer(mine, ours)
+
+
+async def test_a_malformed_tlsa_record_is_unusable_and_the_good_one_authenticates(
+    tmp_path: Path, through_unbound: Setup
+) -> None:
+    setup = through_unbound
+    with running_node(tmp_path, server=_server_keys(tmp_path, setup), port=setup.port):
+        conn = await _open("malformed.dane.test", setup)
+        await conn.close()
+    assert conn.tls.verified and len(conn.tls.policy.policy_strings) == 2
+    assert len(conn.tls.policy.tlsa) == 1  # the two-byte "digest" is not used

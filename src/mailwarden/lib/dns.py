@@ -26,6 +26,7 @@ import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
+import dns.rdtypes.tlsabase
 import dns.resolver
 import dns.reversename
 
@@ -54,6 +55,14 @@ __all__ = [
 ]
 
 DEFAULT_TIMEOUT = 5.0
+
+# dnspython refuses to build a TLSA record whose SHA-256/512 data has the wrong length, and
+# then the whole reply fails to parse: one malformed record in a TLSA RRset would turn the
+# lookup into a timeout, and DANE would defer the host's mail for good. Such a record can
+# never match and should only be unusable, like a record with unknown parameters, which
+# mailwarden.delivery.dane.usable decides; so the lengths are not checked while parsing.
+if isinstance(getattr(dns.rdtypes.tlsabase.TLSABase, "_cert_length_by_mtype", None), dict):
+    dns.rdtypes.tlsabase.TLSABase._cert_length_by_mtype = {}
 
 
 class DnsError(Exception):
