@@ -336,3 +336,36 @@ def test_a_day_of_deliveries_is_reported_by_mail_and_https(tmp_path: Path) -> No
             next(p for p in by_domain["mixed.test"].iter_parts() if p.get_filename()).get_content()
         )
     )
+
+
+def test_the_node_sends_yesterdays_reports_by_itself(tmp_path: Path) -> None:
+    # Yesterday's counts, as the workers left them; a node that starts after today's moment
+    # (max_delay 0: 00:00 UTC) catches up at once.
+    yesterday = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=1)
+    out = tmp_path / "out"
+    db = store.connect(store.store_path(out / "data"))
+    key = store.PolicyKey("no-policy-found", "plain.test")
+    store.add(db, {(yesterday.isoformat(), key): store.Counts(successes=4)}, {})
+    db.close()
+    port = free_port()
+    with (
+        dns_server(tmp_path / "dns", zones(free_port())) as dns,
+        smtp_sink(tmp_path, host="127.0.0.2", port=port) as sink,
+        sending_node(
+            out,
+            body=f"[delivery]\nport = {port}\n[tlsrpt]\nmax_delay = 0\n",
+            node_extra=f'dns_servers = ["{dns.address}"]',
+        ),
+    ):
+        wait_until(lambda: sink.messages(), what="the report mailed by the node")
+        (dump,) = sink.messages()
+    message = email.message_from_bytes(dump, policy=email.policy.default)
+    assert message["TLS-Report-Domain"] == "plain.test"
+    (attachment,) = [p for p in message.iter_parts() if p.get_filename()]
+    document = json.loads(gzip.decompress(attachment.get_content()))
+    validate(document)
+    assert document["date-range"]["start-datetime"] == f"{yesterday.isoformat()}T00:00:00Z"
+    assert document["policies"][0]["summary"] == {
+        "total-successful-session-count": 4,
+        "total-failure-session-count": 0,
+    }
