@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email
 import email.policy
 import gzip
 import json
+import tempfile
 from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.tlsrpt.schema import validate
 
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
@@ -174,3 +178,63 @@ async def test_the_mailed_report_has_the_rfc_headers_and_gzip_attachment(tmp_pat
         == f"mx.sender.example!example.net!{begin}!{begin + 86399}.json.gz"
     )
     assert json.loads(gzip.decompress(attachment.get_content())) == report.document
+
+
+RESULT_TYPES = [
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "tlsa-invalid",
+    "dnssec-invalid",
+    "sts-policy-fetch-error",
+]
+_TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+_EVENT = st.one_of(
+    st.tuples(st.just("success"), st.sampled_from(["sts", "tlsa", "no-policy-found"])),
+    st.tuples(
+        st.sampled_from(RESULT_TYPES),
+        st.sampled_from(["sts", "tlsa", "no-policy-found"]),
+        st.sampled_from(["", "mx1.example.net", "MX2.example.net."]),
+        st.sampled_from(["", "192.0.2.1", "2001:db8::1"]),
+        _TEXT,
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(events=st.lists(_EVENT, min_size=1, max_size=30))
+def test_any_day_gives_a_valid_report_whose_details_add_up(events: list[tuple]) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        document = asyncio.run(_report_of(Path(directory), events))
+    validate(document)
+    for entry in document["policies"]:
+        details = entry.get("failure-details", [])
+        assert (
+            sum(d["failed-session-count"] for d in details)
+            == entry["summary"]["total-failure-session-count"]
+        )
+    successes = sum(e["summary"]["total-successful-session-count"] for e in document["policies"])
+    assert successes == sum(1 for event in events if event[0] == "success")
+
+
+async def _report_of(data_dir: Path, events: list[tuple]) -> dict:
+    recorder = TlsReportRecorder(clock=lambda: NOON)
+    recorder.start(data_dir, 60)
+    for event in events:
+        policy = TlsPolicy(
+            mode=TlsMode.REQUIRED_VERIFY, policy_type=event[1], policy_domain="example.net"
+        )
+        if event[0] == "success":
+            recorder.success(policy)
+        else:
+            _, _, host, address, reason = event
+            recorder.failure(policy, event[0], mx_host=host, receiving_ip=address, reason=reason)
+    await recorder.stop()
+    db = store.connect(store.store_path(data_dir))
+    try:
+        counts = store.day_counts(db, DAY.isoformat(), "example.net")
+    finally:
+        db.close()
+    return build_report("example.net", DAY, counts, REPORTER).document
