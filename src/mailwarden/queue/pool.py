@@ -199,7 +199,9 @@ class Destination:
         settings = self.manager.settings
         options = self.key.options(settings.connect_timeout)
         policies = None
-        if self.key.hop is None:  # an MX delivery: DANE and MTA-STS may apply per MX host
+        # An MX delivery: DANE and MTA-STS may apply per MX host; not to a TLS report's own
+        # delivery (RFC 8460 §5.3: delivered despite TLS failures).
+        if self.key.hop is None and options.tls.source != tls_reports.REPORT_TLS_SOURCE:
             policies = await self.manager.tls_selector.select(self.key.domain, targets, options.tls)
         tried: list[DeliveryError] = []
         try:

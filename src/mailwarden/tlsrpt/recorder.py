@@ -18,7 +18,8 @@ What counts (RFC 8460 §4.2, §4.4: "successfully negotiated TLS-enabled connect
   for TLS and none was tried; a report counts negotiations, and ``starttls-not-supported`` is
   counted only where the policy required TLS (then the session fails with that type);
 - routes with ``tls = "none"`` and deliveries that are not to an MX (``policy_domain`` None,
-  a smarthost): nothing; no policy domain can be told about them.
+  a smarthost): nothing; no policy domain can be told about them;
+- the delivery of a report itself (:data:`REPORT_TLS_SOURCE`): nothing (§5.3).
 
 The DANE and MTA-STS lookups report their own failures (``dnssec-invalid``,
 ``sts-policy-fetch-error``, ...) with :meth:`TlsReportRecorder.failure`.
@@ -46,6 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailwarden.tlsrpt")
 
+# A report message's metadata key (its policy domain), and the TLS policy source its delivery
+# gets: RFC 8460 §5.3, reports "MUST" be delivered "despite any TLS-related failures" and
+# "SHOULD NOT" be counted in the next report, so they go with opportunistic TLS, without
+# DANE or MTA-STS, and are not counted.
+REPORT_METADATA = "tlsrpt_for"
+REPORT_TLS_SOURCE = "tlsrpt-report"
+
 REASON_LIMIT = 300  # characters of failure-reason-code kept: a reason, not a transcript
 
 
@@ -57,6 +65,8 @@ def utc_day(timestamp: float) -> str:
 def policy_key(policy: TlsPolicy) -> PolicyKey | None:
     """The report policy a session under ``policy`` counts in; None when none is reported."""
     if policy.policy_domain is None or policy.mode is TlsMode.NONE:
+        return None
+    if policy.source == REPORT_TLS_SOURCE:
         return None
     return PolicyKey(
         policy.policy_type,

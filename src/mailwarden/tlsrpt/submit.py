@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from mailwarden.spool.records import SpooledRecipient, SpoolRecord
+from mailwarden.tlsrpt.recorder import REPORT_METADATA
 from mailwarden.tlsrpt.report import GZIP_TYPE, Report
 
 
@@ -101,7 +102,7 @@ def report_record(
         helo=None,
         tls=None,
         auth=None,
-        metadata={"tlsrpt_for": report.domain, "tlsrpt_day": report.day.isoformat()},
+        metadata={REPORT_METADATA: report.domain, "tlsrpt_day": report.day.isoformat()},
         headers=data[:end],
         body=data[end:],
         size=len(data),
