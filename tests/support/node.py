@@ -22,15 +22,18 @@ def free_port() -> int:
 
 
 def wait_for_port(
-    port: int, timeout: float = 15.0, process: subprocess.Popen | None = None
+    port: int,
+    timeout: float = 15.0,
+    process: subprocess.Popen | None = None,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Wait until something accepts on 127.0.0.1:port; fail early if ``process`` exited."""
+    """Wait until something accepts on host:port; fail early if ``process`` exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"mailwarden exited with {process.returncode} before listening")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            with socket.create_connection((host, port), timeout=0.5) as sock:
                 sock.recv(1024)  # consume the greeting so the server sees a clean close
                 return
         except OSError:

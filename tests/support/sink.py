@@ -37,10 +37,17 @@ class Sink:
 
 @contextmanager
 def smtp_sink(
-    tmp_path: Path, *flags: str, name: str = "dumps", backlog: int = 64
+    tmp_path: Path,
+    *flags: str,
+    name: str = "dumps",
+    backlog: int = 64,
+    host: str = "127.0.0.1",
+    port: int | None = None,
 ) -> Iterator[Sink]:
-    """Start smtp-sink with ``flags``; stops it on exit."""
-    port = free_port()
+    """Start smtp-sink with ``flags`` on ``host`` (another loopback address, 127.0.0.2, lets
+    two peers share one port: MX hosts are all reached on ``[delivery] port``); stops it on
+    exit."""
+    port = port or free_port()
     dumps = tmp_path / name
     dumps.mkdir()
     user = ["-u", "root"] if os.geteuid() == 0 else []
@@ -51,12 +58,12 @@ def smtp_sink(
         *flags,
         "-d",
         f"{dumps}/%H%M%S.",
-        f"127.0.0.1:{port}",
+        f"{host}:{port}",
         str(backlog),
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for_port(port, process=process)
+        wait_for_port(port, process=process, host=host)
         yield Sink(port, dumps, process)
     finally:
         process.terminate()

@@ -26,6 +26,7 @@ from mailwarden.cli.common import ConfigOption, err, load
 from mailwarden.cli.datastore import datastore_app
 from mailwarden.cli.queue import queue_app
 from mailwarden.cli.series import Resolution
+from mailwarden.cli.tlsrpt import tlsrpt_app
 from mailwarden.config import Config, ConfigError
 from mailwarden.policy.script import ScriptError
 
@@ -42,6 +43,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(queue_app, name="queue")
 app.add_typer(datastore_app, name="datastore")
 app.add_typer(auth_app, name="auth")
+app.add_typer(tlsrpt_app, name="tlsrpt")
 
 
 @app.command()

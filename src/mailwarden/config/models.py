@@ -600,6 +600,7 @@ def _listeners_overlap(a: tuple[str, int], b: tuple[str, int]) -> bool:
 
 # Here rather than at the top: config.delivery builds on the field types above.
 from mailwarden.config.delivery import DeliverySettings, RouteSettings  # noqa: E402
+from mailwarden.config.tlsrpt import TlsRptSettings  # noqa: E402
 
 
 class Config(BaseModel):
@@ -619,6 +620,7 @@ class Config(BaseModel):
     shaping: ShapingRules = Field(default_factory=list)
     library: LibrarySettings = Field(default_factory=LibrarySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    tlsrpt: TlsRptSettings = Field(default_factory=TlsRptSettings)
     # Set by the loader: the file name as the user gave it, and where each key sits in it.
     _file_name: str | None = PrivateAttr(None)
     _key_lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)

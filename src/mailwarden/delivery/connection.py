@@ -332,7 +332,11 @@ class OutboundConnection:
             detail = f"{failure} with {self._name}: {_describe(error)}"
             reply = _local(replies.DELIVERY_TLS_FAILED, detail)
             raise DeliveryError(
-                reply, stage="tls", host=self.target.host, tls_failure=failure
+                reply,
+                stage="tls",
+                host=self.target.host,
+                tls_failure=failure,
+                source_ip=self.source_ip,
             ) from None
         ssl_object = self._writer.get_extra_info("ssl_object")
         cipher = ssl_object.cipher()
@@ -349,7 +353,11 @@ class OutboundConnection:
             detail = f"STARTTLS {why} by {self._name}"
             reply = _local(replies.DELIVERY_TLS_NOT_OFFERED, detail)
             raise DeliveryError(
-                reply, stage="tls", host=self.target.host, tls_failure="starttls-not-supported"
+                reply,
+                stage="tls",
+                host=self.target.host,
+                tls_failure="starttls-not-supported",
+                source_ip=self.source_ip,
             )
         self.tls = TlsOutcome(None, None, False, "starttls-not-supported", policy)
 
@@ -576,6 +584,7 @@ async def open_first(
     address_limit: int = 0,
     session_limit: int = 0,
     policies: Sequence[TlsPolicy] | None = None,
+    tried: list[DeliveryError] | None = None,
 ) -> tuple[OutboundConnection, list[DeliveryError]]:
     """Try targets in order (first MX down -> the next); returns the connection and the errors
     of the targets that failed before it. Every failure of ``OutboundConnection.open`` moves
@@ -588,8 +597,10 @@ async def open_first(
     ``smtp_mx_address_limit`` (5) and ``smtp_mx_session_limit`` (2): a domain with dozens of
     MX addresses, or a row of servers that refuse the TLS policy, costs one attempt a bounded
     time. 0: no limit. ``policies``: each target's own TLS policy (DANE and MTA-STS decide per
-    MX host, see :mod:`mailwarden.delivery.tls_selection`) instead of ``options.tls``."""
-    errors: list[DeliveryError] = []
+    MX host, see :mod:`mailwarden.delivery.tls_selection`) instead of ``options.tls``.
+    ``tried``: a list that gets the error of each target that failed, in order, also when
+    all fail (the TLS reports count each one)."""
+    errors: list[DeliveryError] = tried if tried is not None else []
     sessions = 0
     for tried, target in enumerate(targets):
         if address_limit and tried >= address_limit:

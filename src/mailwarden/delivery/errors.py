@@ -63,7 +63,8 @@ class DeliveryError(Exception):
     ``tls``, ``auth``, ``mail``, ``data``, ``timeout``, ``route``, ``policy``) and ``host`` the
     remote it concerns, for logs and for post_delivery. ``tls_failure``: for a TLS policy
     failure, its RFC 8460 §4.3 result type (``starttls-not-supported``,
-    ``certificate-host-mismatch``, ``tlsa-invalid``, ...), which TLS reports count."""
+    ``certificate-host-mismatch``, ``tlsa-invalid``, ...), which TLS reports count, with
+    ``source_ip`` the local address the failed session came from (RFC 8460 sending-mta-ip)."""
 
     def __init__(
         self,
@@ -72,12 +73,14 @@ class DeliveryError(Exception):
         stage: str,
         host: str | None = None,
         tls_failure: str | None = None,
+        source_ip: str | None = None,
     ) -> None:
         super().__init__(f"{stage}{' ' + host if host else ''}: {reply}")
         self.reply = reply
         self.stage = stage
         self.host = host
         self.tls_failure = tls_failure
+        self.source_ip = source_ip
 
     @property
     def permanent(self) -> bool:

@@ -19,6 +19,19 @@ RESTART_ONLY = {
         "hour_retention_days",
         "day_retention_days",
     ),
+    # The recorder and the daily run are set up once, at start (tlsrpt/recorder.py, daily.py).
+    "tlsrpt": (
+        "enabled",
+        "send",
+        "organization_name",
+        "contact_info",
+        "submitter",
+        "sender",
+        "flush_interval",
+        "max_delay",
+        "https_timeout",
+        "https_ca_file",
+    ),
 }
 
 

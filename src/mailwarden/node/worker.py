@@ -22,7 +22,7 @@ from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
 from mailwarden.lib import dns as lib_dns
 from mailwarden.metrics.node import SERIES_INTERVAL, NodeMetrics
-from mailwarden.node.delivery import new_manager, reconfigure
+from mailwarden.node.delivery import message_id_source, new_manager, reconfigure
 from mailwarden.node.errors import StartupError
 from mailwarden.node.link import CONTROL_SIGNALS, SUPERVISOR_GONE_SIGNAL, SupervisorLink
 from mailwarden.node.listeners import bind_listeners
@@ -40,6 +40,8 @@ from mailwarden.smtp.server import SmtpServer
 from mailwarden.smtp.server_tls import TlsSetupError
 from mailwarden.spool.errors import SpoolError
 from mailwarden.spool.store import SpoolStore
+from mailwarden.tlsrpt import recorder as tls_reports
+from mailwarden.tlsrpt.daily import DailyReports
 
 # One logger for the whole node, so that log lines read as they always have.
 log = logging.getLogger("mailwarden.node")
@@ -73,6 +75,7 @@ class Worker:
         self.stopping = asyncio.Event()
         self.orphaned = False
         self.queue: QueueManager | None = None
+        self.tls_daily: DailyReports | None = None
         # Only a worker without a supervisor serves /metrics and records the series itself.
         self.metrics: NodeMetrics | None = None
 
@@ -83,6 +86,7 @@ class Worker:
             self._report_ready()
             await self.stopping.wait()
             await self._stop()
+            await self._stop_tls_reports()
         finally:
             spool.close()
             with contextlib.suppress(OSError):
@@ -140,6 +144,7 @@ class Worker:
                 )
             self.queue = new_manager(config, spool, self.index, self._script_for)
             await self.queue.start()
+            self._start_tls_reports(spool)
         except BaseException:
             if self.metrics is not None and self.metrics.endpoint is not None:
                 self.metrics.endpoint.close()
@@ -160,6 +165,24 @@ class Worker:
         if self.metrics is not None:
             asyncio.get_running_loop().call_later(SERIES_INTERVAL, self._tick_metrics)
         return spool
+
+    def _start_tls_reports(self, spool: SpoolStore) -> None:
+        """Count outbound TLS sessions (RFC 8460); worker 0 also sends the daily reports."""
+        settings = self.config.tlsrpt
+        if not settings.enabled:
+            return
+        tls_reports.current().start(Path(self.config.node.data_dir), settings.flush_interval)
+        if self.index == 0 and settings.send:
+            self.tls_daily = DailyReports(
+                self.config, spool.commit, message_id_source(0x80 | self.index)
+            )
+            self.tls_daily.start()
+
+    async def _stop_tls_reports(self) -> None:
+        """After delivery stopped: the last sessions' counts are written too."""
+        if self.tls_daily is not None:
+            await self.tls_daily.stop()
+        await tls_reports.current().stop()
 
     def _handle_signals(self) -> None:
         loop = asyncio.get_running_loop()

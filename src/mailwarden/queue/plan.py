@@ -26,6 +26,7 @@ from mailwarden.delivery.tls import TlsMode, TlsPolicy
 from mailwarden.policy.delivery import AttemptRecipient, DeliveryAttempt
 from mailwarden.smtp.client import TIMEOUTS, Timeouts
 from mailwarden.spool.records import SpoolRecord
+from mailwarden.tlsrpt.recorder import REPORT_METADATA, REPORT_TLS_SOURCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,10 @@ class Planner:
             for p in positions
         )
         tls = route.tls
+        if REPORT_METADATA in record.metadata and tls.mode is not TlsMode.NONE:
+            # A TLS report is delivered despite TLS failures (RFC 8460 §5.3): opportunistic,
+            # whatever the route asks (pre_delivery may still change it).
+            tls = TlsPolicy(TlsMode.OPTIONAL, tls.verify_name, tls.ca_file, tls.source)
         return DeliveryAttempt(
             message_id=record.id,
             sender=record.sender,
@@ -133,7 +138,8 @@ class Planner:
         except ValueError as error:
             reply = DeliveryReply(451, "4.3.5", f"pre_delivery set an invalid value: {error}")
             raise DeliveryError(reply, stage="policy") from None
-        tls = TlsPolicy(mode, attempt.tls_verify_name, ca_file, source="route")
+        source_name = REPORT_TLS_SOURCE if REPORT_METADATA in attempt.metadata else "route"
+        tls = TlsPolicy(mode, attempt.tls_verify_name, ca_file, source=source_name)
         source = None
         if attempt.source_ip:
             source = SourceAddress(attempt.source_ip, attempt.helo)

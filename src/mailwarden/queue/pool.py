@@ -25,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 from mailwarden.delivery.connection import OutboundConnection, open_first
 from mailwarden.delivery.errors import DeliveryError, DeliveryReply
 from mailwarden.delivery.mx import Target, resolve_targets
+from mailwarden.delivery.tls import TlsPolicy
 from mailwarden.queue.plan import DestinationKey
 from mailwarden.smtp.client import Envelope, TransactionDone
+from mailwarden.tlsrpt import recorder as tls_reports
 
 if TYPE_CHECKING:
     from mailwarden.queue.manager import Job, QueueManager
@@ -197,15 +199,24 @@ class Destination:
         settings = self.manager.settings
         options = self.key.options(settings.connect_timeout)
         policies = None
-        if self.key.hop is None:  # an MX delivery: DANE and MTA-STS may apply per MX host
+        # An MX delivery: DANE and MTA-STS may apply per MX host; not to a TLS report's own
+        # delivery (RFC 8460 §5.3: delivered despite TLS failures).
+        if self.key.hop is None and options.tls.source != tls_reports.REPORT_TLS_SOURCE:
             policies = await self.manager.tls_selector.select(self.key.domain, targets, options.tls)
-        connection, failures = await open_first(
-            targets,
-            options,
-            address_limit=settings.mx_address_limit,
-            session_limit=settings.mx_session_limit,
-            policies=policies,
-        )
+        tried: list[DeliveryError] = []
+        try:
+            connection, failures = await open_first(
+                targets,
+                options,
+                address_limit=settings.mx_address_limit,
+                session_limit=settings.mx_session_limit,
+                policies=policies,
+                tried=tried,
+            )
+        except DeliveryError:
+            _count_tls(targets, policies, options.tls, tried, None)
+            raise
+        _count_tls(targets, policies, options.tls, failures, connection)
         for failure in failures:
             log.info("destination %s: %s", self.key.name, failure)
         return connection
@@ -282,6 +293,20 @@ class Destination:
     @property
     def idle(self) -> bool:
         return not self.jobs and self.connections == 0
+
+
+def _count_tls(
+    targets: list[Target],
+    policies: list[TlsPolicy] | None,
+    base: TlsPolicy,
+    failures: list[DeliveryError],
+    connection: OutboundConnection | None,
+) -> None:
+    """Count the TLS outcome of each target tried for the TLS reports (RFC 8460)."""
+    recorder = tls_reports.current()
+    if recorder.enabled:
+        used = policies if policies is not None else [base] * len(targets)
+        recorder.connection_attempts(targets, used, failures, connection)
 
 
 def _went_stale(sent: Sent) -> bool:
