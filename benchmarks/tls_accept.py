@@ -158,7 +158,9 @@ def main() -> None:
         certificate, key = write_certificate(directory)
         ports = {"mailwarden": 2625} | ({} if args.no_peers else {"postfix": 2601})
         tls_lines = f'tls_certificate = "{certificate}"\ntls_key = "{key}"'
-        mailwarden = start_mailwarden(ports["mailwarden"], args.workers, None, server_line=tls_lines)
+        mailwarden = start_mailwarden(
+            ports["mailwarden"], args.workers, None, server_line=tls_lines
+        )
         stack.callback(mailwarden.stop)
         if not args.no_peers:
             start_postfix(ports["postfix"])
