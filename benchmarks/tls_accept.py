@@ -23,6 +23,10 @@ server-side CPU per connection (all the server's processes, from /proc, includin
 they reaped, since Postfix's smtpd processes exit after ``max_use`` connections); from those,
 the handshake cost (``starttls`` minus ``plain``) and what resumption saves (``starttls`` minus
 ``resume``), and the share of offered tickets each server accepted.
+
+Run it from a worktree with an absolute ``PYTHONPATH`` (``PYTHONPATH=$PWD/src``): Mailwarden is
+started in its own temporary directory, where a relative one would silently pick the installed
+package instead.
 """
 
 from __future__ import annotations
