@@ -19,6 +19,7 @@ from cryptography import x509
 
 from mailwarden.auth.certificates import ClientCertificateVerifier
 from mailwarden.smtp.openssl_accept import UnsupportedError, accept_any_client_certificate
+from mailwarden.smtp.tls_tickets import share_ticket_keys
 
 if TYPE_CHECKING:
     from mailwarden.config.models import ServerSettings, TlsCertificate
@@ -91,6 +92,9 @@ def _context(settings: ServerSettings, pair: TlsCertificate) -> ssl.SSLContext:
         # TLS 1.2 and older only: OpenSSL configures TLS 1.3 suites separately.
         context.set_ciphers(settings.tls_ciphers)
     context.load_cert_chain(pair.certificate, pair.key)
+    # Tickets any worker can resume, before and after a reload (see tls_tickets). Where it
+    # cannot be done each worker resumes its own: slower, never wrong.
+    share_ticket_keys(context)
     if settings.tls_client_certificate == "off":
         # Not asked for: opportunistic STARTTLS must not become a refusal (RFC 3207 §4.1).
         context.verify_mode = ssl.CERT_NONE
