@@ -154,12 +154,12 @@ def certificate_problem(certificate: Path, key: Path | None) -> str | None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_cert_chain(str(certificate), str(key) if key is not None else None)
-    except OSError as error:
-        return error.strerror or str(error)
-    except ssl.SSLError as error:
-        if "KEY_VALUES_MISMATCH" in str(error) or "key values mismatch" in str(error):
+    except ssl.SSLError as error:  # before OSError, its base class
+        if error.reason == "KEY_VALUES_MISMATCH":
             return "the key does not match the certificate"
         return f"not a PEM certificate and key ({error.reason or error})"
+    except OSError as error:
+        return error.strerror or str(error)
     return None
 
 
