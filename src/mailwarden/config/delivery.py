@@ -15,9 +15,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from mailwarden.config.listen import is_hostname
-from mailwarden.config.models import _MODEL, HostName, RelativePath, _invalid, _problems
+from mailwarden.config.models import (
+    _MODEL,
+    HostName,
+    RelativePath,
+    TlsVersion,
+    _invalid,
+    _problems,
+)
 from mailwarden.delivery import routes as _routes  # module: its names are read at validation
-from mailwarden.delivery.tls import TlsMode, TlsPolicy
+from mailwarden.delivery.tls import TlsMode, TlsPolicy, certificate_problem
 
 
 def _check_ip(value: str) -> str:
@@ -104,10 +111,49 @@ def _ca_file_problems(path: Path | None) -> list[tuple[str, str]]:
     return []
 
 
+def _client_pair_problems(settings: DeliverySettings | RouteSettings) -> list[tuple[str, str]]:
+    """``(key, problem)`` when the client certificate or its key cannot be presented."""
+    certificate, key = settings.tls_client_certificate, settings.tls_client_key
+    if certificate is None:
+        return []
+    for name, path in (("tls_client_certificate", certificate), ("tls_client_key", key)):
+        if path is not None and not path.is_file():
+            what = "is not a regular file" if path.exists() else "does not exist"
+            return [(name, f"expected a readable PEM file, but {path} {what}")]
+    problem = certificate_problem(certificate, key)
+    if problem is None:
+        return []
+    return [("tls_client_key", f"expected the key of {certificate.name}, but {problem}")]
+
+
+def _client_pair_check(settings: DeliverySettings | RouteSettings) -> None:
+    """Set both or neither of tls_client_certificate and tls_client_key."""
+    pair = "as well; set both or neither"
+    if settings.tls_client_certificate is not None and settings.tls_client_key is None:
+        raise _problems([(("tls_client_certificate",), f"expected tls_client_key {pair}")])
+    if settings.tls_client_key is not None and settings.tls_client_certificate is None:
+        raise _problems([(("tls_client_key",), f"expected tls_client_certificate {pair}")])
+
+
 def _tls_policy(
-    mode: TlsMode, ca_file: Path | None, verify_name: str | None, source: str
+    mode: TlsMode,
+    ca_file: Path | None,
+    verify_name: str | None,
+    source: str,
+    client: tuple[Path | None, Path | None] = (None, None),
+    sni: str | None = None,
+    min_version: str = "TLSv1.2",
 ) -> TlsPolicy:
-    return TlsPolicy(mode=mode, verify_name=verify_name, ca_file=ca_file, source=source)
+    return TlsPolicy(
+        mode=mode,
+        verify_name=verify_name,
+        ca_file=ca_file,
+        source=source,
+        client_certificate=client[0],
+        client_key=client[1],
+        sni=sni,
+        min_version=min_version,
+    )
 
 
 class DeliverySettings(BaseModel):
@@ -147,6 +193,16 @@ class DeliverySettings(BaseModel):
     tls_verify_name: HostName | None = Field(
         None, description="Name the certificate must match; default the host connected to."
     )
+    tls_client_certificate: RelativePath | None = Field(
+        None, description="PEM certificate chain presented to servers that ask for one."
+    )
+    tls_client_key: RelativePath | None = Field(
+        None, description="PEM private key of tls_client_certificate."
+    )
+    tls_sni: HostName | None = Field(
+        None, description="SNI name sent; default the name verified (tls_verify_name or host)."
+    )
+    tls_min_version: TlsVersion = Field("TLSv1.2", description="Oldest TLS version offered.")
     max_connections_per_destination: int = Field(
         20, ge=1, le=10000, description="Concurrent connections to one destination."
     )
@@ -161,16 +217,39 @@ class DeliverySettings(BaseModel):
         description="Seconds an idle connection is kept for reuse.",
     )
 
+    @model_validator(mode="after")
+    def _client_pair(self) -> DeliverySettings:
+        _client_pair_check(self)
+        return self
+
     def file_problems(self) -> list[tuple[str, str]]:
         """``(key, problem)`` for each configured file that cannot be read."""
-        return _ca_file_problems(self.tls_ca_file)
+        return _ca_file_problems(self.tls_ca_file) + _client_pair_problems(self)
 
     def tls_policy(self) -> TlsPolicy:
         """The TLS policy of the default route."""
-        return _tls_policy(self.tls, self.tls_ca_file, self.tls_verify_name, "config")
+        return _tls_policy(
+            self.tls,
+            self.tls_ca_file,
+            self.tls_verify_name,
+            "config",
+            (self.tls_client_certificate, self.tls_client_key),
+            self.tls_sni,
+            self.tls_min_version,
+        )
 
 
-_TLS_KEYS = frozenset({"tls", "tls_ca_file", "tls_verify_name"})
+_TLS_KEYS = frozenset(
+    {
+        "tls",
+        "tls_ca_file",
+        "tls_verify_name",
+        "tls_client_certificate",
+        "tls_client_key",
+        "tls_sni",
+        "tls_min_version",
+    }
+)
 
 
 class RouteSettings(BaseModel):
@@ -196,6 +275,16 @@ class RouteSettings(BaseModel):
     tls_verify_name: HostName | None = Field(
         None, description="Default delivery.tls_verify_name, else the host connected to."
     )
+    tls_client_certificate: RelativePath | None = Field(
+        None, description="Client certificate to present; default delivery's."
+    )
+    tls_client_key: RelativePath | None = Field(
+        None, description="Its PEM private key; default delivery.tls_client_key."
+    )
+    tls_sni: HostName | None = Field(None, description="SNI name sent; default delivery.tls_sni.")
+    tls_min_version: TlsVersion | None = Field(
+        None, description="Oldest TLS version offered; default delivery.tls_min_version."
+    )
     source_ips: SourcePool = Field(
         default_factory=list,
         description="Local addresses for this route; default delivery.source_ips.",
@@ -219,6 +308,8 @@ class RouteSettings(BaseModel):
             found.append((("auth_username",), f"expected auth_password {pair}"))
         if self.auth_password is not None and self.auth_username is None:
             found.append((("auth_password",), f"expected auth_username {pair}"))
+        if (self.tls_client_certificate is None) != (self.tls_client_key is None):
+            _client_pair_check(self)
         if self.protocol == "lmtp" and self.next_hop is None:
             found.append((("protocol",), "expected a next_hop: LMTP is never found by MX lookup"))
         if found:
@@ -245,7 +336,7 @@ class RouteSettings(BaseModel):
 
     def file_problems(self) -> list[tuple[str, str]]:
         """``(key, problem)`` for each configured file that cannot be read."""
-        return _ca_file_problems(self.tls_ca_file)
+        return _ca_file_problems(self.tls_ca_file) + _client_pair_problems(self)
 
     def tls_policy(self, delivery: DeliverySettings) -> TlsPolicy:
         """This route's TLS policy: its own keys, else ``[delivery]``'s."""
@@ -254,4 +345,10 @@ class RouteSettings(BaseModel):
             self.tls_ca_file if self.tls_ca_file is not None else delivery.tls_ca_file,
             self.tls_verify_name if self.tls_verify_name is not None else delivery.tls_verify_name,
             "route" if self.model_fields_set & _TLS_KEYS else "config",
+            # The pair goes together: a route's certificate never with delivery's key.
+            (self.tls_client_certificate, self.tls_client_key)
+            if self.tls_client_certificate is not None
+            else (delivery.tls_client_certificate, delivery.tls_client_key),
+            self.tls_sni if self.tls_sni is not None else delivery.tls_sni,
+            self.tls_min_version or delivery.tls_min_version,
         )

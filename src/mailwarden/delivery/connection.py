@@ -36,7 +36,8 @@ STARTTLS per :class:`~mailwarden.delivery.tls.TlsPolicy` (RFC 3207; the policy's
   STARTTLS is not offered or refused with a reply.
 - ``required``: STARTTLS must succeed (else 4.7.4 / 4.7.5), any certificate.
 - ``required_verify``: and the certificate must verify against ``policy.verify_name`` or, without
-  one, the target's host name; that name is also the SNI sent.
+  one, the target's host name; that name is also the SNI sent unless ``policy.sni`` names
+  another (then the name is checked against the certificate's subjectAltName here).
 
 DANE (RFC 7672, a policy with ``tlsa`` records, :mod:`mailwarden.delivery.dane`): TLS is
 required and the certificate is checked against the TLSA records only, by OpenSSL's DANE code
@@ -78,10 +79,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mailwarden.auth.certificates import PeerCertificate, peer_certificate
 from mailwarden.delivery.dane_openssl import UnsupportedError, dane_context
 from mailwarden.delivery.errors import DeliveryError, DeliveryReply
 from mailwarden.delivery.mx import Target
-from mailwarden.delivery.tls import TlsMode, TlsPolicy, client_context, verification_failure
+from mailwarden.delivery.tls import (
+    TlsMode,
+    TlsPolicy,
+    certificate_matches,
+    client_context,
+    verification_failure,
+)
 from mailwarden.smtp import replies
 from mailwarden.smtp.client import (
     NEED_DATA,
@@ -160,6 +168,9 @@ class TlsOutcome:
     # "certificate-expired", "validation-failure"; None when the policy was met as asked.
     failure: str | None
     policy: TlsPolicy
+    # The server's certificate (None: plaintext); ``verified`` as above, ``verify_error``
+    # "not verified" in the modes that accept any certificate.
+    peer_certificate: PeerCertificate | None = None
 
 
 class _PlaintextRetry(Exception):
@@ -303,25 +314,29 @@ class OutboundConnection:
         if isinstance(event, TlsRefused):
             self._without_tls(f"refused with {_one_line(event.reply)}")
             return
+        sni = self._sni()
+        # Another SNI than the name verified: OpenSSL checks the SNI name, so check ourselves.
+        own_name_check = policy.verifies and sni != self._tls_name()
         try:
             if policy.dane:
                 context: ssl.SSLContext = dane_context(policy.dane_names, policy.tlsa)
             else:
-                context = client_context(policy)
+                context = client_context(policy, check_hostname=not own_name_check)
         except UnsupportedError as error:
             self._broken = True
             reply = _local(replies.DELIVERY_TLS_CONFIG, f"DANE: {error}")
             raise DeliveryError(reply, stage="tls", host=self.target.host) from None
-        except (OSError, ssl.SSLError) as error:
+        except (OSError, ssl.SSLError, ValueError) as error:
             self._broken = True
-            detail = f"CA file {policy.ca_file}: {error}"
+            files = [str(f) for f in (policy.ca_file, policy.client_certificate) if f]
+            detail = f"TLS files {', '.join(files) or '(none)'}: {error}"
             reply = _local(replies.DELIVERY_TLS_CONFIG, detail)
             raise DeliveryError(reply, stage="tls", host=self.target.host) from None
         try:
             # The machine has checked that nothing followed the 220 (RFC 3207 §5); the
             # streams pause reading before the handshake starts.
             async with asyncio.timeout(self.options.timeouts.command):
-                await self._writer.start_tls(context, server_hostname=self._tls_name())
+                await self._writer.start_tls(context, server_hostname=sni)
         except (ssl.SSLError, OSError, TimeoutError, UnsupportedError) as error:
             self._broken = True
             failure = verification_failure(error)
@@ -340,9 +355,21 @@ class OutboundConnection:
             ) from None
         ssl_object = self._writer.get_extra_info("ssl_object")
         cipher = ssl_object.cipher()
+        der = ssl_object.getpeercert(binary_form=True)
+        if own_name_check and not (der and certificate_matches(der, self._tls_name())):
+            self._broken = True
+            failure = "certificate-host-mismatch"
+            detail = f"{failure} with {self._name}: not issued for {self._tls_name()}"
+            reply = _local(replies.DELIVERY_TLS_FAILED, detail)
+            raise DeliveryError(reply, stage="tls", host=self.target.host, tls_failure=failure)
         verified = policy.verifies or policy.dane
         self.tls = TlsOutcome(
-            ssl_object.version(), cipher[0] if cipher else None, verified, None, policy
+            ssl_object.version(),
+            cipher[0] if cipher else None,
+            verified,
+            None,
+            policy,
+            _peer_certificate(der, verified),
         )
         self._machine.tls_established()
         await self._hello()
@@ -368,6 +395,10 @@ class OutboundConnection:
         if policy.dane:
             return policy.dane_names[0]
         return policy.verify_name or self.target.host.strip("[]")
+
+    def _sni(self) -> str:
+        """The SNI sent (RFC 6066 §3): the policy's ``sni``, else the name verified."""
+        return self.options.tls.sni or self._tls_name()
 
     async def _authenticate(self, username: str, password: str) -> None:
         if self.tls.protocol is None and self.options.tls.mode is not TlsMode.NONE:
@@ -546,6 +577,15 @@ class OutboundConnection:
         reply = _local(replies.DELIVERY_PROTOCOL_ERROR, f"{self._name}: {error}")
         stage = _STAGE_OF.get(self._awaited, "mail")
         return DeliveryError(reply, stage=stage, host=self.target.host)
+
+
+def _peer_certificate(der: bytes | None, verified: bool) -> PeerCertificate | None:
+    """The server's certificate as scripts see a client's (auth/certificates.py's model)."""
+    if not der:
+        return None
+    certificate = peer_certificate(der, None)
+    error = None if verified else "not verified (the TLS mode accepts any certificate)"
+    return dataclasses.replace(certificate, verified=verified, verify_error=error)
 
 
 def _greeting_host(reply: ServerReply) -> str:

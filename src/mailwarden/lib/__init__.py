@@ -20,6 +20,7 @@ from mailwarden.lib import (
     rspamd,
     spamassassin,
     spf,
+    tls,
 )
 from mailwarden.lib.backends import BackendError
 from mailwarden.lib.cache import cache
@@ -28,10 +29,12 @@ from mailwarden.lib.lists import load_list
 from mailwarden.lib.rate import rate, rate_reset
 from mailwarden.lib.scanners import ScannerError
 from mailwarden.lib.stat import stat
+from mailwarden.lib.tls import TlsError
 
 __all__: list[str] = [
     "BackendError",
     "ScannerError",
+    "TlsError",
     "arc",
     "authres",
     "cache",
@@ -50,4 +53,5 @@ __all__: list[str] = [
     "spamassassin",
     "spf",
     "stat",
+    "tls",
 ]

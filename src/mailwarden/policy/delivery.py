@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailwarden.delivery.connection import TlsOutcome
 from mailwarden.delivery.errors import DeliveryReply
 from mailwarden.policy.actions import Hold
 
@@ -99,7 +100,9 @@ class DeliveryAttempt:
     ``"relay.example"``; None: MX of ``domain``), ``port``, ``protocol`` (``smtp``/``lmtp``),
     ``source_ip`` (a local address), ``helo``, ``tls`` (a TLS mode name: ``none``,
     ``optional``, ``optional_verify``, ``required``, ``required_verify``),
-    ``tls_verify_name``, ``auth`` (``(username, password)`` or None)."""
+    ``tls_verify_name``, ``tls_sni``, ``tls_min_version`` (``TLSv1.2``/``TLSv1.3``),
+    ``tls_client_certificate`` and ``tls_client_key`` (PEM file paths), ``auth``
+    (``(username, password)`` or None)."""
 
     message_id: str
     sender: str
@@ -116,6 +119,11 @@ class DeliveryAttempt:
     helo: str = ""
     tls: str = "optional"
     tls_verify_name: str | None = None
+    tls_sni: str | None = None
+    tls_min_version: str = "TLSv1.2"
+    # PEM files (paths) of the client certificate presented; both or neither.
+    tls_client_certificate: str | None = None
+    tls_client_key: str | None = None
     auth: tuple[str, str] | None = field(default=None, repr=False)  # never in logs
 
 
@@ -162,6 +170,10 @@ class DeliveryResult:
     tls_policy: str | None = None
     # Which policy decided the TLS mode: "config", "route", "script", "mta-sts" or "dane".
     tls_policy_source: str | None = None
+    # The whole TLS outcome (None: no connection): protocol, cipher, verified, failure, the
+    # policy applied (``tls.policy.source`` and ``.mode``) and ``tls.peer_certificate``, the
+    # server's certificate as mailwarden.auth.certificates.PeerCertificate.
+    tls: TlsOutcome | None = None
     error: str | None = None
     connect_seconds: float | None = None  # time to open the connection (None: reused)
     seconds: float = 0.0  # the transaction, start to end

@@ -739,6 +739,7 @@ def _result(deliveries: list[RecipientDelivery], sent: Sent, job: Job) -> Delive
         tls_failure=tls.failure if tls else None,
         tls_policy=tls.policy.mode.value if tls else None,
         tls_policy_source=tls.policy.source if tls else None,
+        tls=tls,
         error=sent.error.stage if sent.error is not None else None,
         connect_seconds=sent.connect_seconds,
         seconds=sent.seconds,

@@ -22,7 +22,7 @@ from mailwarden.delivery.routes import (
     format_next_hop,
     parse_next_hop,
 )
-from mailwarden.delivery.tls import TlsMode, TlsPolicy
+from mailwarden.delivery.tls import MIN_VERSIONS, TlsMode, TlsPolicy
 from mailwarden.policy.delivery import AttemptRecipient, DeliveryAttempt
 from mailwarden.smtp.client import TIMEOUTS, Timeouts
 from mailwarden.spool.records import SpoolRecord
@@ -124,6 +124,10 @@ class Planner:
             helo=route.helo_for(source),
             tls=tls.mode.value,
             tls_verify_name=tls.verify_name,
+            tls_sni=tls.sni,
+            tls_min_version=tls.min_version,
+            tls_client_certificate=str(tls.client_certificate) if tls.client_certificate else None,
+            tls_client_key=str(tls.client_key) if tls.client_key else None,
             auth=route.auth,
         )
 
@@ -135,11 +139,23 @@ class Planner:
         try:
             hop = _hop(attempt.next_hop, attempt.port)
             mode = TlsMode(attempt.tls)
+            client = _client_pair(attempt)
+            if attempt.tls_min_version not in MIN_VERSIONS:
+                raise ValueError(f"tls_min_version {attempt.tls_min_version!r}")
         except ValueError as error:
             reply = DeliveryReply(451, "4.3.5", f"pre_delivery set an invalid value: {error}")
             raise DeliveryError(reply, stage="policy") from None
         source_name = REPORT_TLS_SOURCE if REPORT_METADATA in attempt.metadata else "route"
-        tls = TlsPolicy(mode, attempt.tls_verify_name, ca_file, source=source_name)
+        tls = TlsPolicy(
+            mode,
+            attempt.tls_verify_name,
+            ca_file,
+            source=source_name,
+            client_certificate=client[0],
+            client_key=client[1],
+            sni=attempt.tls_sni,
+            min_version=attempt.tls_min_version,
+        )
         source = None
         if attempt.source_ip:
             source = SourceAddress(attempt.source_ip, attempt.helo)
@@ -157,6 +173,16 @@ class Planner:
             auth=tuple(attempt.auth) if attempt.auth else None,  # type: ignore[arg-type]
             shaping=shaping,
         )
+
+
+def _client_pair(attempt: DeliveryAttempt) -> tuple[Path | None, Path | None]:
+    """The client certificate and key pre_delivery left; ValueError unless both or neither."""
+    certificate, key = attempt.tls_client_certificate, attempt.tls_client_key
+    if (certificate is None) != (key is None):
+        raise ValueError("tls_client_certificate and tls_client_key go together")
+    if certificate is None or key is None:
+        return (None, None)
+    return (Path(certificate), Path(key))
 
 
 def _hop(text: str | None, port: int | None) -> NextHop | None:
