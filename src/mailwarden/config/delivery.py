@@ -143,6 +143,12 @@ class DeliverySettings(BaseModel):
     tls_verify_name: HostName | None = Field(
         None, description="Name the certificate must match; default the host connected to."
     )
+    mta_sts: bool = Field(
+        True, description="Honour recipient domains' MTA-STS policies (RFC 8461) for MX delivery."
+    )
+    mta_sts_ca_file: RelativePath | None = Field(
+        None, description="PEM CA bundle for MTA-STS policy hosts; default the system store."
+    )
     max_connections_per_destination: int = Field(
         20, ge=1, le=10000, description="Concurrent connections to one destination."
     )
@@ -159,7 +165,8 @@ class DeliverySettings(BaseModel):
 
     def file_problems(self) -> list[tuple[str, str]]:
         """``(key, problem)`` for each configured file that cannot be read."""
-        return _ca_file_problems(self.tls_ca_file)
+        sts = [("mta_sts_ca_file", why) for _, why in _ca_file_problems(self.mta_sts_ca_file)]
+        return _ca_file_problems(self.tls_ca_file) + sts
 
     def tls_policy(self) -> TlsPolicy:
         """The TLS policy of the default route."""

@@ -37,7 +37,14 @@ class TlsPolicy:
     session counts in: ``policy_type`` ``sts``, ``tlsa`` or ``no-policy-found``;
     ``policy_domain`` the recipient domain the policy was looked up for (None: not an MX
     delivery, reported nowhere); ``policy_strings`` the MTA-STS policy's lines or the TLSA
-    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values."""
+    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values.
+
+    ``refused``: when set, the target this policy was chosen for must not be used at all (an
+    MX host an enforced MTA-STS policy does not list, RFC 8461 §5); the attempt moves on to
+    the next target without connecting, and the text says why. ``policy_failure``: an RFC
+    8460 result type found when the policy was looked up, reported but not enforced
+    (``sts-policy-fetch-error``, ``sts-webpki-invalid``, ``sts-policy-invalid``; or
+    ``validation-failure`` for an MX host a ``testing`` policy does not list)."""
 
     mode: TlsMode = TlsMode.OPTIONAL
     verify_name: str | None = None
@@ -47,6 +54,8 @@ class TlsPolicy:
     policy_domain: str | None = None
     policy_strings: tuple[str, ...] = ()
     mx_patterns: tuple[str, ...] = ()
+    refused: str | None = None
+    policy_failure: str | None = None
 
     @property
     def verifies(self) -> bool:
