@@ -245,3 +245,15 @@ async def test_testing_mode_keeps_the_route_policy_with_the_report_fields(
     assert (listed.mode, listed.source, listed.policy_type) == (TlsMode.OPTIONAL, "config", "sts")
     assert listed.policy_failure is None and listed.refused is None
     assert other.policy_failure == "validation-failure" and other.refused is None
+
+
+async def test_mode_none_is_cached_and_means_no_policy(
+    server: PolicyServer, sts_dns: None, ca_path: Path, tmp_path: Path
+) -> None:
+    host = serve(server, "gone", Answer("version: STSv1\nmode: none\nmax_age: 86400\n"))
+    sts = cache(ca_path, tmp_path, Clock())
+    for _ in range(2):
+        lookup = await sts.lookup("gone.sts.test")
+        assert lookup.cached is not None and lookup.cached.policy.mode == "none"
+        assert target_policy(lookup, "gone.sts.test", Target(10, "mx", "::1"), TlsPolicy()) is None
+    assert server.fetches[host] == 1
