@@ -290,3 +290,15 @@ def test_settings_can_be_built_in_code():
     route = RouteSettings(domains=["*"], next_hop="[192.0.2.2]:2525")
     assert route.hop == NextHop("192.0.2.2", 2525, mx_lookup=False)
     assert route.tls_policy(delivery).mode is TlsMode.REQUIRED
+
+
+def test_mta_sts_is_on_by_default_and_its_ca_file_must_be_readable(tmp_path):
+    assert DeliverySettings().mta_sts is True
+    path = write(tmp_path, '[delivery]\nmta_sts_ca_file = "missing.pem"\n')
+    config = load_config(path)
+    with pytest.raises(ConfigError) as caught:
+        config.check_files()
+    assert caught.value.problems == [
+        f"{path}:2: delivery.mta_sts_ca_file: expected a readable PEM file, but "
+        f"{tmp_path / 'missing.pem'} does not exist",
+    ]

@@ -203,6 +203,12 @@ class DeliverySettings(BaseModel):
         None, description="SNI name sent; default the name verified (tls_verify_name or host)."
     )
     tls_min_version: TlsVersion = Field("TLSv1.2", description="Oldest TLS version offered.")
+    mta_sts: bool = Field(
+        True, description="Honour recipient domains' MTA-STS policies (RFC 8461) for MX delivery."
+    )
+    mta_sts_ca_file: RelativePath | None = Field(
+        None, description="PEM CA bundle for MTA-STS policy hosts; default the system store."
+    )
     max_connections_per_destination: int = Field(
         20, ge=1, le=10000, description="Concurrent connections to one destination."
     )
@@ -224,7 +230,8 @@ class DeliverySettings(BaseModel):
 
     def file_problems(self) -> list[tuple[str, str]]:
         """``(key, problem)`` for each configured file that cannot be read."""
-        return _ca_file_problems(self.tls_ca_file) + _client_pair_problems(self)
+        sts = [("mta_sts_ca_file", why) for _, why in _ca_file_problems(self.mta_sts_ca_file)]
+        return _ca_file_problems(self.tls_ca_file) + _client_pair_problems(self) + sts
 
     def tls_policy(self) -> TlsPolicy:
         """The TLS policy of the default route."""

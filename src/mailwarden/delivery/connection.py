@@ -14,6 +14,7 @@ greeting other than 220, 421 at any point     the server's reply     where it ca
 EHLO and HELO refused                         the server's reply     ``ehlo``
 TLS required, STARTTLS not offered/refused    454 4.7.4 (local)      ``tls``
 TLS handshake or verification failed          454 4.7.5 (local)      ``tls``
+MX host refused by its MTA-STS policy          454 4.7.5 (local)      ``tls``
 AUTH refused with 5xx (4xx: as received)      454 4.7.8 (local)      ``auth``
 no reply within the RFC 5321 §4.5.3.2 time    451 4.4.2 (local)      ``timeout``
 connection lost, reset                        451 4.4.2 (local)      ``mail``/``data``
@@ -637,18 +638,32 @@ async def open_first(
     ``smtp_mx_address_limit`` (5) and ``smtp_mx_session_limit`` (2): a domain with dozens of
     MX addresses, or a row of servers that refuse the TLS policy, costs one attempt a bounded
     time. 0: no limit. ``policies``: each target's own TLS policy (DANE and MTA-STS decide per
-    MX host, see :mod:`mailwarden.delivery.tls_selection`) instead of ``options.tls``.
-    ``tried``: a list that gets the error of each target that failed, in order, also when
-    all fail (the TLS reports count each one)."""
+    MX host, see :mod:`mailwarden.delivery.tls_selection`) instead of ``options.tls``; a
+    target whose policy is ``refused`` fails (4.7.5) without a connection. ``tried``: a list
+    that gets the error of each target that failed, in order, also when all fail (the TLS
+    reports count each one)."""
     errors: list[DeliveryError] = tried if tried is not None else []
     sessions = 0
-    for tried, target in enumerate(targets):
+    tried = 0
+    for index, target in enumerate(targets):
         if address_limit and tried >= address_limit:
             break
+        policy = policies[index] if policies is not None else options.tls
+        if policy.refused is not None:
+            # Not to be used under its policy (MTA-STS enforce, RFC 8461 §5): failed without
+            # a connection, and not counted against the address limit.
+            reply = _local(replies.DELIVERY_TLS_POLICY_REFUSED, policy.refused)
+            errors.append(
+                DeliveryError(
+                    reply, stage="tls", host=target.host, tls_failure="validation-failure"
+                )
+            )
+            continue
+        tried += 1
         try:
             target_options = options
-            if policies is not None and policies[tried] != options.tls:
-                target_options = dataclasses.replace(options, tls=policies[tried])
+            if policy != options.tls:
+                target_options = dataclasses.replace(options, tls=policy)
             return await OutboundConnection.open(target, target_options), errors
         except DeliveryError as error:
             errors.append(error)

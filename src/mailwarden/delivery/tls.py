@@ -29,29 +29,36 @@ class TlsMode(enum.StrEnum):
 class TlsPolicy:
     """What an attempt requires of TLS.
 
-        ``verify_name``: the name the certificate must match; None means the host connected to
-        (the MX name, or the route's host). ``ca_file``: PEM bundle; None means the system store.
-        ``source``: which policy decided (``config``, ``route``, ``script``, ``mta-sts``,
-        ``dane``), reported to post_delivery and in TLS reports.
+    ``verify_name``: the name the certificate must match; None means the host connected to
+    (the MX name, or the route's host). ``ca_file``: PEM bundle; None means the system store.
+    ``source``: which policy decided (``config``, ``route``, ``script``, ``mta-sts``,
+    ``dane``), reported to post_delivery and in TLS reports.
 
-        The ``policy_*`` fields are the RFC 8460 §4.4 "policy" object of the TLS report the
-        session counts in: ``policy_type`` ``sts``, ``tlsa`` or ``no-policy-found``;
-        ``policy_domain`` the recipient domain the policy was looked up for (None: not an MX
-        delivery, reported nowhere); ``policy_strings`` the MTA-STS policy's lines or the TLSA
-        records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values.
+    The ``policy_*`` fields are the RFC 8460 §4.4 "policy" object of the TLS report the
+    session counts in: ``policy_type`` ``sts``, ``tlsa`` or ``no-policy-found``;
+    ``policy_domain`` the recipient domain the policy was looked up for (None: not an MX
+    delivery, reported nowhere); ``policy_strings`` the MTA-STS policy's lines or the TLSA
+    records in presentation format; ``mx_patterns`` an MTA-STS policy's ``mx`` values.
 
-        DANE (:mod:`mailwarden.delivery.dane`): ``tlsa`` the usable TLSA records as (usage,
-        selector, matching type, data), which alone authenticate the server when not empty;
-        ``dane_names`` the reference names DANE-TA(2) checks (TLSA base domain first);
-        ``dane_failure`` set when the TLSA lookup itself failed (RFC 8460 ``dnssec-invalid``):
-        the host must not be tried (RFC 7672 §2.1.1).
+    DANE (:mod:`mailwarden.delivery.dane`): ``tlsa`` the usable TLSA records as (usage,
+    selector, matching type, data), which alone authenticate the server when not empty;
+    ``dane_names`` the reference names DANE-TA(2) checks (TLSA base domain first);
+    ``dane_failure`` set when the TLSA lookup itself failed (RFC 8460 ``dnssec-invalid``):
+    the host must not be tried (RFC 7672 §2.1.1).
 
+    MTA-STS (:mod:`mailwarden.delivery.mta_sts`): ``refused``: when set, the target this
+    policy was chosen for must not be used at all (an MX host an enforced policy does not
+    list, RFC 8461 §5); the attempt moves on to the next target without connecting, and the
+    text says why. ``policy_failure``: an RFC 8460 result type found when the policy was
+    looked up, reported but not enforced (``sts-policy-fetch-error``, ``sts-webpki-invalid``,
+    ``sts-policy-invalid``; or ``validation-failure`` for an MX host a ``testing`` policy
+    does not list).
 
     ``client_certificate`` and ``client_key``: PEM files presented to servers that ask for a
-        client certificate (a smarthost that authenticates its clients so). ``sni``: the name sent
-        in the TLS server_name extension (RFC 6066 §3); None means the name verified (the
-        ``verify_name``, else the host). ``min_version``: the oldest protocol offered
-        (``"TLSv1.2"`` or ``"TLSv1.3"``, as the listeners' ``tls_min_version``)."""
+    client certificate (a smarthost that authenticates its clients so). ``sni``: the name sent
+    in the TLS server_name extension (RFC 6066 §3); None means the name verified (the
+    ``verify_name``, else the host). ``min_version``: the oldest protocol offered
+    (``"TLSv1.2"`` or ``"TLSv1.3"``, as the listeners' ``tls_min_version``)."""
 
     mode: TlsMode = TlsMode.OPTIONAL
     verify_name: str | None = None
@@ -68,6 +75,8 @@ class TlsPolicy:
     client_key: Path | None = None
     sni: str | None = None
     min_version: str = "TLSv1.2"
+    refused: str | None = None
+    policy_failure: str | None = None
 
     @property
     def verifies(self) -> bool:

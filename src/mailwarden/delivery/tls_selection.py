@@ -9,6 +9,10 @@ next hop keeps the route's policy, as the operator set it.
 :class:`TlsPolicySelector` is the one place the queue asks (``queue/pool.py``, when it opens
 a connection); the DANE and MTA-STS lookups live in their own modules and cache their
 answers, so asking again for every new connection costs a dictionary look-up.
+
+MTA-STS (:mod:`mailwarden.delivery.mta_sts`) is asked once per domain and applied to each
+target: in ``enforce`` mode an MX host the policy does not list gets a policy whose
+``refused`` is set, and ``open_first`` skips it without connecting (RFC 8461 §5).
 """
 
 from __future__ import annotations
@@ -17,12 +21,19 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from mailwarden.delivery import dane
+from mailwarden.delivery.mta_sts import MtaSts, StsLookup, target_policy
 from mailwarden.delivery.mx import Target
 from mailwarden.delivery.tls import TlsMode, TlsPolicy
 
 
 class TlsPolicySelector:
-    """The node's TLS policy selection (one per worker; holds the policy caches)."""
+    """The node's TLS policy selection (one per worker; holds the policy caches).
+
+    ``mta_sts``: the worker's MTA-STS cache; None (the default) when ``[delivery] mta_sts``
+    is off."""
+
+    def __init__(self, *, mta_sts: MtaSts | None = None) -> None:
+        self.mta_sts = mta_sts
 
     async def select(
         self, domain: str, targets: Sequence[Target], base: TlsPolicy
@@ -36,12 +47,15 @@ class TlsPolicySelector:
         policies = []
         for target in targets:
             dane = await self._dane(domain, target, base)
-            policies.append(dane or sts or fallback)
+            sts_policy = target_policy(sts, domain, target, base) if sts is not None else None
+            policies.append(dane or sts_policy or fallback)
         return policies
 
-    async def _mta_sts(self, domain: str, base: TlsPolicy) -> TlsPolicy | None:
-        """The recipient domain's MTA-STS policy as a TlsPolicy (RFC 8461), or None."""
-        return None
+    async def _mta_sts(self, domain: str, base: TlsPolicy) -> StsLookup | None:
+        """The recipient domain's MTA-STS policy (RFC 8461), or None when MTA-STS is off."""
+        if self.mta_sts is None:
+            return None
+        return await self.mta_sts.lookup(domain)
 
     async def _dane(self, domain: str, target: Target, base: TlsPolicy) -> TlsPolicy | None:
         """The MX host's DANE policy (RFC 7672) when its TLSA RRset is authenticated, or None

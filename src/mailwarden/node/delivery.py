@@ -13,7 +13,9 @@ from pathlib import Path
 from mailwarden.config import Config
 from mailwarden.config.queue import shaping_rules
 from mailwarden.delivery import dane
+from mailwarden.delivery.mta_sts import MtaSts
 from mailwarden.delivery.routes import RouteTable
+from mailwarden.delivery.tls_selection import TlsPolicySelector
 from mailwarden.policy.script import PolicyScript
 from mailwarden.queue.limits import NodeLimits
 from mailwarden.queue.manager import ManagerSettings, QueueManager
@@ -92,7 +94,20 @@ def new_manager(
         script_for=script_for,
         owner=f"{socket.gethostname()}:{os.getpid()}",
         new_id=message_id_source(worker),
+        tls_selector=TlsPolicySelector(mta_sts=mta_sts(config)),
     )
+
+
+def mta_sts(config: Config, previous: MtaSts | None = None) -> MtaSts | None:
+    """The worker's MTA-STS cache when ``[delivery] mta_sts`` is on (``previous`` kept, with
+    its policies, across a reload), persisted in ``<data_dir>/mta-sts.sqlite``."""
+    if not config.delivery.mta_sts:
+        return None
+    ca_file = config.delivery.mta_sts_ca_file
+    if previous is not None:
+        previous.ca_file = ca_file
+        return previous
+    return MtaSts.in_data_dir(Path(config.node.data_dir), ca_file=ca_file)
 
 
 def reconfigure(manager: QueueManager, config: Config) -> None:
@@ -100,3 +115,5 @@ def reconfigure(manager: QueueManager, config: Config) -> None:
     open connections finish as they began."""
     dane.configure(config.delivery.dane)
     manager.reconfigure(manager_settings(config), planner(config))
+    selector = manager.tls_selector
+    selector.mta_sts = mta_sts(config, selector.mta_sts)

@@ -243,6 +243,8 @@ DELIVERY_PROTOCOL_ERROR = Reply(451, "4.5.0", "Remote server protocol error")
 DELIVERY_TLS_NOT_OFFERED = Reply(454, "4.7.4", "TLS is required, but was not offered")
 DELIVERY_TLS_FAILED = Reply(454, "4.7.5", "TLS failed")
 DELIVERY_TLS_CONFIG = Reply(454, "4.7.0", "Client TLS configuration problem")
+# An MX host the recipient domain's MTA-STS policy does not list (RFC 8461 §5: not used).
+DELIVERY_TLS_POLICY_REFUSED = Reply(454, "4.7.5", "MX host not allowed by the TLS policy")
 # X.7.11 "encryption required for requested authentication mechanism" (RFC 4954 §6).
 DELIVERY_AUTH_NEEDS_TLS = Reply(454, "4.7.11", "Credentials are not sent without TLS")
 DELIVERY_AUTH_UNAVAILABLE = Reply(

@@ -156,7 +156,19 @@ class TlsReportRecorder:
         if connection is None:
             return
         tls = connection.tls
-        if tls.protocol is not None:
+        if tls.policy.policy_failure is not None:
+            # The policy lookup failed (an MTA-STS fetch error, an MX a testing policy does
+            # not list): the session counts as that failure, RFC 8460 §4.3.2.
+            target = connection.target
+            self.failure(
+                tls.policy,
+                tls.policy.policy_failure,
+                mx_host=target.host,
+                receiving_ip=target.address,
+                sending_ip=connection.source_ip,
+                reason="MTA-STS policy lookup",
+            )
+        elif tls.protocol is not None:
             self.success(tls.policy)
         elif tls.failure is not None and tls.failure != "starttls-not-supported":
             target = connection.target
