@@ -27,7 +27,7 @@ NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 
 SOA = """\
 $TTL 300
-@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 300
+@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 {negative_ttl}
 @ IN NS ns.{zone}.
 """
 
@@ -115,13 +115,15 @@ def dns_server(
     broken: tuple[str, ...] = (),
     *,
     rate_limit: bool = True,
+    negative_ttl: int = 300,
 ) -> Iterator[DnsServer]:
     """Run nsd in the foreground serving ``zones`` (name -> records, the SOA and NS added);
     stop it afterwards. ``rate_limit=False`` turns nsd's response rate limiting off (for
-    benchmarks, which ask far more than 200 questions a second)."""
+    benchmarks, which ask far more than 200 questions a second). ``negative_ttl`` is the SOA
+    MINIMUM field, how long resolvers keep "no such name" answers (RFC 2308 §5)."""
     directory.mkdir(parents=True, exist_ok=True)
     for zone, records in zones.items():
-        body = SOA.format(zone=zone) + textwrap.dedent(records)
+        body = SOA.format(zone=zone, negative_ttl=negative_ttl) + textwrap.dedent(records)
         (directory / f"{zone}.zone").write_text(body)
     port = free_dns_port()
     config = directory / "nsd.conf"
