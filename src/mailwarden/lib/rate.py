@@ -384,11 +384,21 @@ def configure(settings: LibrarySettings, data_dir: Path) -> None:
         current = _limiter
         if isinstance(current, RedisRateLimiter) and current.connection.url == settings.redis_url:
             current.connection.timeout = settings.timeout
+            if current._pipe is not None:
+                current._pipe.timeout = settings.timeout
             return
+        _close_pipe(current)
         _limiter = RedisRateLimiter(settings.redis_url, settings.timeout)
         return
+    _close_pipe(_limiter)
     slots = settings.rate_slots
     _limiter = _local(library_dir(data_dir) / f"rate-{slots}.table", slots)
+
+
+def _close_pipe(limiter: RateLimiter | None) -> None:
+    """A Redis limiter being replaced: close its connection (its reader task would keep it)."""
+    if isinstance(limiter, RedisRateLimiter) and limiter._pipe is not None:
+        limiter._pipe.close()
 
 
 def use(limiter: RateLimiter | None) -> None:

@@ -80,8 +80,11 @@ class _Connection:
             self.writer.close()
 
     def close(self) -> None:
-        self.task.cancel()
-        self.writer.close()
+        try:
+            self.task.cancel()
+            self.writer.close()
+        except RuntimeError:
+            pass  # its event loop is closed already (a test's, the CLI's): nothing left open
 
 
 class PipelinedScript:
