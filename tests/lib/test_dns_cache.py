@@ -4,7 +4,7 @@ expired, failed or was asked with other DNSSEC flags does."""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,7 +59,7 @@ async def test_answer_is_asked_again_after_its_ttl(counter: QueryCounter) -> Non
     assert await lib_dns.a("short.cache.test") == ["192.0.2.2"]
     assert await lib_dns.a("short.cache.test") == ["192.0.2.2"]
     assert counter.count("short.cache.test", "A") == 1
-    time.sleep(1.2)
+    await asyncio.sleep(1.2)
     assert await lib_dns.a("short.cache.test") == ["192.0.2.2"]
     assert counter.count("short.cache.test", "A") == 2
 
@@ -68,7 +68,7 @@ async def test_nxdomain_is_cached_for_the_soa_minimum(counter: QueryCounter) -> 
     assert await lib_dns.a("missing.cache.test") == []
     assert await lib_dns.a("missing.cache.test") == []
     assert counter.count("missing.cache.test", "A") == 1
-    time.sleep(1.2)
+    await asyncio.sleep(1.2)
     assert await lib_dns.a("missing.cache.test") == []
     assert counter.count("missing.cache.test", "A") == 2
 
