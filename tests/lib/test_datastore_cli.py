@@ -93,3 +93,15 @@ def test_an_unreachable_backend_exits_1_naming_it(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     code, _, err = cli(config(tmp_path, f'datastore = "redis"\nredis_url = "{url}"\n'), "list", "n")
     assert code == 1 and "datastore unavailable" in err and url in err
+
+
+def test_list_into_a_pipe_does_not_fold_long_values(tmp_path: Path) -> None:
+    """Off a terminal (a pipe, as here) a row stays one line however wide, so that grep and
+    scripts see each key with its whole value."""
+    path = config(tmp_path)
+    long_value = "mx-" + "a" * 150 + ".example.org"
+    assert cli(path, "set", "routes", "bob@example.org", long_value, "--string")[0] == 0
+    code, out, _ = cli(path, "list", "routes")
+    assert code == 0
+    rows = [line for line in out.splitlines() if "bob@example.org" in line]
+    assert len(rows) == 1 and long_value in rows[0]

@@ -305,3 +305,43 @@ def _parses_or_refuses(text: str) -> None:
         return
     assert record.policy in ("none", "quarantine", "reject")
     assert 0 <= record.pct <= 100 and record.adkim in ("r", "s") and record.aspf in ("r", "s")
+
+
+_HEADER_LINES = [
+    b"From: alice@example.org",
+    b"from: Bob <bob@example.net>",
+    b"FROM:carol@example.com",
+    b" (continued) dave@example.org",
+    b"\tmore",
+    b"From mbox-envelope Thu Jan  1 00:00:00 2026",
+    b"From : spaced@example.org",
+    b"Subject: hello",
+    b'Content-Type: multipart/mixed; boundary="x"; charset=utf-8',
+    b"Received: from mx.example.net by mx.example.org",
+    b"not a field line",
+    b"",
+    b"From: =?utf-8?q?J=C3=B6rg?= <j@\xc3\xa9xample.org>",
+    b"From: one@example.org, two@example.org",
+]
+
+
+def _from_domain_by_full_parse(header_block: bytes) -> tuple[str | None, str]:
+    """The model: the whole header section through the standard library's parser, as
+    _from_domain did before it parsed only the From fields."""
+    original = dmarc._from_fields
+    dmarc._from_fields = lambda block: block  # type: ignore[assignment]
+    try:
+        return dmarc._from_domain(header_block)
+    finally:
+        dmarc._from_fields = original  # type: ignore[assignment]
+
+
+@given(
+    st.lists(st.sampled_from(_HEADER_LINES), max_size=8),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+def test_from_domain_reads_the_from_fields_as_a_full_parse_does(
+    lines: list[bytes], newline: bytes
+) -> None:
+    block = b"".join(line + newline for line in lines) + newline
+    assert dmarc._from_domain(block) == _from_domain_by_full_parse(block)

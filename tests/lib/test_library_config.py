@@ -72,6 +72,7 @@ def test_redis_and_postgresql_backends_load(tmp_path: Path) -> None:
         ('spamd_address = "127.0.0.1:99999"\n', ":2: library.spamd_address: expected host:port"),
         ('rspamd_url = "ftp://x"\n', ":2: library.rspamd_url: expected a URL such as"),
         ("scanner_timeout = 0\n", ":2: library.scanner_timeout: expected"),
+        ("dns_cache_size = -1\n", ":2: library.dns_cache_size: expected"),
     ],
 )
 def test_errors_name_the_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -80,3 +81,31 @@ def test_errors_name_the_line_and_key(tmp_path: Path, text: str, expected: str) 
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert expected in str(caught.value), str(caught.value)
+
+
+def test_dns_cache_size_reaches_the_workers_cache(tmp_path: Path) -> None:
+    """What a worker does at start and on reload (_configure_library): the [library] size
+    becomes the DNS cache's; 0 turns it off."""
+    import importlib
+
+    from mailwarden.lib import dns_cache
+    from mailwarden.node.worker import _configure_library
+
+    # The rest of the library state _configure_library sets, put back afterwards.
+    rate_module = importlib.import_module("mailwarden.lib.rate")
+    store_module = importlib.import_module("mailwarden.lib.datastore")
+    scanners = importlib.import_module("mailwarden.lib.scanners")
+    saved = (rate_module._limiter, store_module.datastore.backend, scanners._settings)
+
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(f'[node]\ndata_dir = "{tmp_path}"\n[library]\ndns_cache_size = 0\n')
+    assert load_config(None).library.dns_cache_size == dns_cache.DEFAULT_SIZE
+    try:
+        _configure_library(load_config(path))
+        assert dns_cache.size() == 0
+        path.write_text(f'[node]\ndata_dir = "{tmp_path}"\n[library]\ndns_cache_size = 50\n')
+        _configure_library(load_config(path))
+        assert dns_cache.size() == 50
+    finally:
+        dns_cache.configure(dns_cache.DEFAULT_SIZE)
+        rate_module._limiter, store_module.datastore.backend, scanners._settings = saved

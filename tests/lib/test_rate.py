@@ -339,3 +339,51 @@ async def test_redis_down_raises_backend_error() -> None:
     limiter = RedisRateLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=1.0)
     with pytest.raises(BackendError, match=r"Redis at redis://127\.0\.0\.1"):
         await limiter.hit("n", "k", 5, 60.0, 1)
+
+
+async def test_redis_script_flushed_from_the_server_is_sent_again(redis: RedisServer) -> None:
+    """After a Redis restart or SCRIPT FLUSH the server no longer knows the script's SHA1:
+    the call still counts (EVAL in full once), and later calls find it again."""
+    import redis as redis_py
+
+    limiter = RedisRateLimiter(redis.url)
+    assert await limiter.hit("n", "flush", 2, 60.0, 1)
+    with redis_py.Redis.from_url(redis.url) as client:
+        client.script_flush()
+    assert await limiter.hit("n", "flush", 2, 60.0, 1)
+    assert not await limiter.hit("n", "flush", 2, 60.0, 1)
+
+
+async def test_redis_with_a_password_and_a_database(redis: RedisServer) -> None:
+    import redis as redis_py
+
+    with redis_py.Redis.from_url(redis.url) as client:
+        client.acl_setuser(
+            "rater", enabled=True, passwords=["+s3cret"], commands=["+@all"], keys=["*"]
+        )
+    host_port = redis.url.split("//", 1)[1].split("/", 1)[0]
+    limiter = RedisRateLimiter(f"redis://rater:s3cret@{host_port}/3")
+    assert await limiter.hit("n", "db3", 1, 60.0, 1)
+    assert not await limiter.hit("n", "db3", 1, 60.0, 1)
+    with redis_py.Redis.from_url(f"redis://{host_port}/3") as client:
+        assert client.keys("mailwarden:rate:*")
+    wrong = RedisRateLimiter(f"redis://rater:wrong@{host_port}/3")
+    with pytest.raises(BackendError, match="Redis at"):
+        await wrong.hit("n", "db3", 1, 60.0, 1)
+
+
+async def test_redis_that_never_answers_raises_within_the_timeout() -> None:
+    """A server that accepts the connection and says nothing: BackendError after the
+    [library] timeout, not a session hanging on it."""
+    import socket
+    import time
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        limiter = RedisRateLimiter(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="Redis at"):
+            await limiter.hit("n", "k", 5, 60.0, 1)
+        assert time.monotonic() - started < 2.0

@@ -27,7 +27,7 @@ NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 
 SOA = """\
 $TTL 300
-@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 300
+@ IN SOA ns.{zone}. hostmaster.{zone}. 1 3600 600 86400 {negative_ttl}
 @ IN NS ns.{zone}.
 """
 
@@ -116,11 +116,14 @@ def dns_server(
     *,
     rate_limit: bool = True,
     complete: Mapping[str, str] | None = None,
+    negative_ttl: int = 300,
 ) -> Iterator[DnsServer]:
     """Run nsd in the foreground serving ``zones`` (name -> records, the SOA and NS added);
     stop it afterwards. ``rate_limit=False`` turns nsd's response rate limiting off (for
     benchmarks, which ask far more than 200 questions a second). ``complete``: zones whose
-    text is written as given, SOA included (signed zones, tests/support/dnssec.py)."""
+    text is written as given, SOA included (signed zones, tests/support/dnssec.py).
+    ``negative_ttl`` is the SOA MINIMUM field, how long resolvers keep "no such name"
+    answers (RFC 2308 §5)."""
     directory.mkdir(parents=True, exist_ok=True)
     for zone, text in (complete or {}).items():
         (directory / f"{zone}.zone").write_text(text)
@@ -128,7 +131,7 @@ def dns_server(
     for zone, records in zones.items():
         if zone in (complete or {}):
             continue
-        body = SOA.format(zone=zone) + textwrap.dedent(records)
+        body = SOA.format(zone=zone, negative_ttl=negative_ttl) + textwrap.dedent(records)
         (directory / f"{zone}.zone").write_text(body)
     port = free_dns_port()
     config = directory / "nsd.conf"

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 datastore_app = typer.Typer(
@@ -136,4 +137,15 @@ def list_(namespace: Namespace, config: ConfigOption = None, as_json: JsonOption
     table.add_column("value", overflow="fold")
     for key, value in items.items():
         table.add_row(escape(key), escape(json.dumps(value, ensure_ascii=False)))
-    Console(soft_wrap=False).print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """On a terminal, to its width; otherwise (a pipe, a file) at the table's own width, so
+    that a long key or value is not folded at rich's default 80 columns for a reader or a
+    script to piece together again."""
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        width = Measurement.get(console, console.options.update(max_width=1 << 20), table)
+        console = Console(soft_wrap=False, width=max(console.width, width.maximum))
+    console.print(table)

@@ -88,6 +88,13 @@ class LibrarySettings(BaseModel):
         description="Seconds a Redis or PostgreSQL call may take before it raises.",
     )
 
+    dns_cache_size: int = Field(
+        10_000,
+        ge=0,
+        le=10_000_000,
+        description="DNS answers each worker keeps for their TTL (0: no cache).",
+    )
+
     clamd_address: str = Field(
         DEFAULT_CLAMD_ADDRESS, description="clamd's socket: host:port or a unix socket path."
     )

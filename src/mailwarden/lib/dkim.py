@@ -265,9 +265,13 @@ def _text(tags: dict[bytes, bytes], tag: bytes) -> str:
     return tags.get(tag, b"").decode("ascii", "replace").strip()
 
 
-def _check(raw: bytes, index: int, record: bytes) -> tuple[Result, str]:
-    """dkimpy's verdict on signature ``index`` with ``record`` as its key (blocking)."""
-    verifier = dkimpy.DKIM(raw)
+def _check(
+    raw: bytes, index: int, record: bytes, parsed: dkimpy.DKIM | None = None
+) -> tuple[Result, str]:
+    """dkimpy's verdict on signature ``index`` with ``record`` as its key (blocking).
+    ``parsed``: the message as dkimpy already split it, when no other verification uses it
+    at the same time (dkimpy keeps the signature being verified in the object)."""
+    verifier = dkimpy.DKIM(raw) if parsed is None else parsed
     try:
         ok = verifier.verify(index, dnsfunc=lambda _name, timeout=5: record)
     except dkimpy.KeyFormatError as error:
@@ -279,7 +283,9 @@ def _check(raw: bytes, index: int, record: bytes) -> tuple[Result, str]:
     return ("pass", "") if ok else ("fail", "signature does not verify")
 
 
-async def _verify_one(raw: bytes, index: int, value: bytes, now: float) -> DkimResult:
+async def _verify_one(
+    raw: bytes, index: int, value: bytes, now: float, parsed: dkimpy.DKIM | None = None
+) -> DkimResult:
     try:
         tags = _tags(value)
     except InvalidTagValueList as error:
@@ -305,7 +311,7 @@ async def _verify_one(raw: bytes, index: int, value: bytes, now: float) -> DkimR
         dkimpy.evaluate_pk(f"{selector}._domainkey.{domain}".encode(), record)
     except (dkimpy.KeyFormatError, ValueError) as error:
         return result("permerror", f"unusable key record: {error}")
-    outcome, reason = await asyncio.to_thread(_check, raw, index, record)
+    outcome, reason = await asyncio.to_thread(_check, raw, index, record, parsed)
     return result(outcome, reason)
 
 
@@ -318,13 +324,16 @@ async def verify(message: Message | bytes) -> list[DkimResult]:
     ``neutral``, a signature that does not verify or has expired ``fail``."""
     raw = message if isinstance(message, bytes) else await message.raw()
     try:
-        headers = dkimpy.DKIM(raw).headers
+        parsed = dkimpy.DKIM(raw)
     except dkimpy.DKIMException as error:
         # A header section dkimpy cannot split (a line that is no field): no signature in it
         # can be checked (RFC 8601 §2.7.1 permerror), and if there is none, there is none.
         if b"dkim-signature:" not in raw.lower():
             return []
         return [DkimResult("permerror", "", "", "", f"message not parseable: {error}")]
-    values = [value for name, value in headers if name.lower() == b"dkim-signature"]
+    values = [value for name, value in parsed.headers if name.lower() == b"dkim-signature"]
     now = time.time()
-    return list(await asyncio.gather(*(_verify_one(raw, i, v, now) for i, v in enumerate(values))))
+    # The first signature reuses the parse above (splitting the message again cost as much as
+    # a tenth of a verification); the others verify concurrently, each on its own copy.
+    checks = (_verify_one(raw, i, v, now, parsed if i == 0 else None) for i, v in enumerate(values))
+    return list(await asyncio.gather(*checks))

@@ -233,10 +233,38 @@ def _header_block(raw: bytes) -> bytes:
     return raw if end is None else raw[: end.end()]
 
 
+# What the standard library's parser takes for a field's first line (email.feedparser's
+# headerRE): a field name, possibly empty, then ":".
+_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]*:")
+
+
+def _from_fields(header_block: bytes) -> bytes:
+    """Only the From fields (with their continuation lines) of the header section, where the
+    standard library's parser would find them: it stops at the first line that is neither a
+    field nor a continuation, and skips "From " envelope lines. Parsing just these is what
+    costs: the full parse also decodes Content-Type and every other structured field."""
+    kept: list[bytes] = []
+    taking = False
+    for line in header_block.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if taking:
+                kept.append(line)
+            continue
+        if line.startswith(b"From "):
+            taking = False
+            continue
+        if not line.strip() or _FIELD_START.match(line) is None:
+            break
+        taking = line[:5].lower() == b"from:"
+        if taking:
+            kept.append(line)
+    return b"".join(kept)
+
+
 def _from_domain(header_block: bytes) -> tuple[str | None, str]:
     """The RFC5322.From domain (RFC 7489 §6.6.1), or None and why there is none to use."""
     # UTF-8 header fields (RFC 6532) are read as such, so an internationalised domain is one.
-    text = header_block.decode("utf-8", "replace")
+    text = _from_fields(header_block).decode("utf-8", "replace")
     try:
         parsed = HeaderParser(policy=default_policy).parsestr(text)
         fields = parsed.get_all("From") or []

@@ -10,6 +10,8 @@ answers are typed and the failure modes are kept apart, because a script must te
 
 The resolver is the node's ``[node] dns_servers`` / ``dns_timeout`` (see docs/configuration.md),
 set by each worker through :func:`configure`; with no servers the system's resolv.conf is used.
+Answers are cached in the process for their TTL (:mod:`mailwarden.lib.dns_cache`,
+``[library] dns_cache_size``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import dns.resolver
 import dns.reversename
 
 from mailwarden.config.listen import parse_listen_address
+from mailwarden.lib import dns_cache
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -153,6 +156,7 @@ def configure(server_list: Iterable[str] = (), timeout: float = DEFAULT_TIMEOUT)
     new = _Settings(parsed, float(timeout))
     if new != _settings:
         _settings, _resolver, _sync_resolver = new, None, None
+        dns_cache.clear()  # other servers may answer otherwise (split DNS, a test's nsd)
 
 
 def servers() -> list[str]:
@@ -189,6 +193,7 @@ def _build(kind: type[_R]) -> _R:
     # Each server gets an equal share of the lookup's time before the next one is asked, so
     # that a silent first server leaves time for the second (dnspython's per-try timeout).
     resolver.timeout = _settings.timeout / max(1, len(resolver.nameservers))
+    dns_cache.attach(resolver)  # answers within their TTL come from memory
     return resolver
 
 

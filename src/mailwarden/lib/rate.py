@@ -45,7 +45,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from mailwarden.lib import redis_pipe
 from mailwarden.lib.backends import BackendError, RedisConnection, library_dir
+from mailwarden.lib.redis_pipe import PipelinedScript
 
 if TYPE_CHECKING:
     from mailwarden.config.library import LibrarySettings
@@ -335,19 +337,23 @@ class RedisRateLimiter:
         self.clock = clock
         self._script = None
         self._script_client = None
+        # The hot path: one pipelined connection of our own (redis_pipe); redis-py for TLS.
+        self._pipe = PipelinedScript(url, _LUA, timeout) if redis_pipe.supported(url) else None
 
     def _key(self, namespace: str, key: str) -> str:
         return f"{self.PREFIX}{len(namespace)}:{namespace}:{key}"
 
     async def hit(self, namespace: str, key: str, limit: int, interval: float, count: int) -> bool:
-        client = self.connection.client()
-        if self._script_client is not client:
-            self._script, self._script_client = client.register_script(_LUA), client
         now = "" if self.clock is None else repr(float(self.clock()))
+        keys, args = [self._key(namespace, key)], [limit, repr(float(interval)), count, now]
         try:
-            answer = await self._script(  # type: ignore[misc]
-                keys=[self._key(namespace, key)], args=[limit, repr(float(interval)), count, now]
-            )
+            if self._pipe is not None:
+                answer = await self._pipe(keys, args)
+            else:
+                client = self.connection.client()
+                if self._script_client is not client:
+                    self._script, self._script_client = client.register_script(_LUA), client
+                answer = await self._script(keys=keys, args=args)  # type: ignore[misc]
         except Exception as error:  # redis-py's errors, OSError, timeouts
             raise self.connection.error(f"rate({namespace!r}, …)", error) from error
         return answer == 1
@@ -378,11 +384,21 @@ def configure(settings: LibrarySettings, data_dir: Path) -> None:
         current = _limiter
         if isinstance(current, RedisRateLimiter) and current.connection.url == settings.redis_url:
             current.connection.timeout = settings.timeout
+            if current._pipe is not None:
+                current._pipe.timeout = settings.timeout
             return
+        _close_pipe(current)
         _limiter = RedisRateLimiter(settings.redis_url, settings.timeout)
         return
+    _close_pipe(_limiter)
     slots = settings.rate_slots
     _limiter = _local(library_dir(data_dir) / f"rate-{slots}.table", slots)
+
+
+def _close_pipe(limiter: RateLimiter | None) -> None:
+    """A Redis limiter being replaced: close its connection (its reader task would keep it)."""
+    if isinstance(limiter, RedisRateLimiter) and limiter._pipe is not None:
+        limiter._pipe.close()
 
 
 def use(limiter: RateLimiter | None) -> None:

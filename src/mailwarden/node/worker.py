@@ -21,6 +21,7 @@ from mailwarden.config import Config, ConfigError, ServerSettings, load_config
 from mailwarden.control import QUEUE_WAKE_SIGNAL
 from mailwarden.lib import backends as lib_backends
 from mailwarden.lib import dns as lib_dns
+from mailwarden.lib import dns_cache as lib_dns_cache
 from mailwarden.metrics.node import SERIES_INTERVAL, NodeMetrics
 from mailwarden.node.delivery import message_id_source, new_manager, reconfigure
 from mailwarden.node.errors import StartupError
@@ -356,6 +357,7 @@ def _configure_library(config: Config) -> None:
     """Point the script library's resolver at [node] dns_servers (validated by the config),
     its rate limits and datastore at the [library] backends."""
     lib_dns.configure(config.node.dns_servers, config.node.dns_timeout)
+    lib_dns_cache.configure(config.library.dns_cache_size)
     lib_backends.configure(config.library, config.node.data_dir)
 
 
