@@ -49,7 +49,7 @@ def _sign(directory: Path, zone: str, records: str, corrupt: tuple[str, ...]) ->
     work = directory / f"keys-{zone}"
     work.mkdir(parents=True, exist_ok=True)
     unsigned = work / f"{zone}.zone"
-    unsigned.write_text(SOA.format(zone=zone) + textwrap.dedent(records))
+    unsigned.write_text(SOA.format(zone=zone, negative_ttl=300) + textwrap.dedent(records))
     keygen = subprocess.run(
         ["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", zone],
         cwd=work,
