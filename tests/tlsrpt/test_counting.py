@@ -71,3 +71,52 @@ async def test_an_opportunistic_handshake_failure_counts_as_a_failure(tmp_path: 
     assert detail.result_type == connection.tls.failure
     assert (detail.receiving_mx_hostname, detail.receiving_ip) == ("mx.broken.test", "127.0.0.1")
     assert detail.sending_mta_ip == "127.0.0.1"
+
+
+@asynccontextmanager
+async def plain_server() -> AsyncIterator[int]:
+    """An SMTP server without STARTTLS."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 plain.test ESMTP\r\n")
+        try:
+            while line := await reader.readline():
+                writer.write(b"221 bye\r\n" if line[:4].upper() == b"QUIT" else b"250 ok\r\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_session_after_a_failed_mta_sts_fetch_counts_as_that_failure(
+    tmp_path: Path,
+) -> None:
+    # RFC 8460 §4.3.2: the MTA-STS policy could not be fetched (nothing cached), so the
+    # session went ahead under the route's policy; the report says why there was no policy.
+    recorder = TlsReportRecorder()
+    recorder.start(tmp_path, 60)
+    policy = TlsPolicy(
+        mode=TlsMode.OPTIONAL,
+        policy_type="sts",
+        policy_domain="nopolicy.test",
+        policy_failure="sts-policy-fetch-error",
+    )
+    async with plain_server() as port:
+        target = Target(10, "mx.nopolicy.test", "127.0.0.1", port)
+        connection = await OutboundConnection.open(target, ConnectOptions("out.test", tls=policy))
+        recorder.connection_attempts([target], [policy], [], connection)
+        await connection.close()
+    await recorder.stop()
+    db = store.connect(store.store_path(tmp_path))
+    (counts,) = store.day_counts(db, utc_day(recorder.clock()), "nopolicy.test")
+    db.close()
+    assert (counts.successes, counts.failures) == (0, 1)
+    ((detail, count),) = counts.details
+    assert (detail.result_type, count) == ("sts-policy-fetch-error", 1)
+    assert detail.receiving_mx_hostname == "mx.nopolicy.test"
