@@ -99,10 +99,11 @@ def _config(
     return text
 
 
-def _answers(port: int) -> bool:
+def answers(port: int, timeout: float = 0.2) -> bool:
+    """Whether a DNS server on 127.0.0.1:``port`` answers (any reply, NXDOMAIN included)."""
     query = dns.message.make_query("ns.probe.invalid.", "A")
     try:
-        dns.query.udp(query, "127.0.0.1", port=port, timeout=0.2)
+        dns.query.udp(query, "127.0.0.1", port=port, timeout=timeout)
     except (OSError, dns.exception.Timeout):
         return False
     return True
@@ -146,7 +147,7 @@ def dns_server(
     server = DnsServer("127.0.0.1", port, directory, process)
     try:
         deadline = time.monotonic() + 15
-        while not _answers(port):
+        while not answers(port):
             if process.poll() is not None:
                 raise RuntimeError(f"nsd exited with {process.returncode}: {server.log()}")
             if time.monotonic() > deadline:

@@ -22,9 +22,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import dns.message
-import dns.query
-from tests.support.dns_server import SOA, dns_server, free_dns_port
+from tests.support.dns_server import SOA, answers, dns_server, free_dns_port
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
 
@@ -109,15 +107,6 @@ def _config(directory: Path, port: int, nsd: str, zones: list[str], anchors: lis
     return text
 
 
-def _answers(port: int) -> bool:
-    query = dns.message.make_query("probe.invalid.", "A")
-    try:
-        dns.query.udp(query, "127.0.0.1", port=port, timeout=0.3)
-    except (OSError, dns.exception.Timeout):
-        return False
-    return True
-
-
 @contextmanager
 def validating_resolver(
     directory: Path,
@@ -150,7 +139,7 @@ def validating_resolver(
         resolver = Resolver("127.0.0.1", port, directory)
         try:
             deadline = time.monotonic() + 15
-            while not _answers(port):
+            while not answers(port, timeout=0.3):
                 if process.poll() is not None:
                     raise RuntimeError(
                         f"unbound exited with {process.returncode}: {resolver.log()}"
