@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 from pathlib import Path
 
-from tests.spool.spool_support import RECEIVED, record
+from tests.spool.spool_support import RECEIVED, fill, record
 
 from mailwarden.spool.events import MessageQueued, MessageRemoved
-from mailwarden.spool.outcomes import AttemptOutcome, RecipientOutcome
+from mailwarden.spool.outcomes import (
+    AttemptOutcome,
+    RecipientOutcome,
+    apply_outcomes,
+    lease_and_load,
+)
 from mailwarden.spool.reader import find_message, iter_messages
 from mailwarden.spool.states import RecipientState
 from mailwarden.spool.store import SpoolStore
@@ -189,3 +195,41 @@ def test_a_leased_message_waits_for_its_lease_and_a_given_back_one_is_due_at_onc
         (RecipientState.ACTIVE, RECEIVED),
         (DEFERRED, NOW + 300),
     ]
+
+
+def _steps_to_lease_and_record(spool: Path, deferred: int) -> int:
+    """SQLite VM steps to lease ten due messages and record their outcomes, in a shard that
+    also holds ``deferred`` messages waiting for a retry and ``deferred`` due ones."""
+    fill(spool, 2 * deferred + 10)
+    db = sqlite3.connect(spool / "shard-0.db", isolation_level=None)
+    later = NOW + 3600
+    db.execute(
+        "UPDATE recipients SET state = ?, next_attempt = ? WHERE rowid IN"
+        " (SELECT rowid FROM recipients ORDER BY message_id DESC LIMIT ?)",
+        (DEFERRED.value, later, deferred),
+    )
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db.set_progress_handler(count, 100)
+    db.execute("BEGIN IMMEDIATE")
+    leased = lease_and_load(db, spool, "w", now=NOW, until=NOW + 60, limit=10)
+    outcomes = [AttemptOutcome(m.record.id, (RecipientOutcome(0, DELIVERED),)) for m in leased]
+    apply_outcomes(db, spool, "w", outcomes)
+    db.execute("COMMIT")
+    db.close()
+    assert len(leased) == 10
+    return steps
+
+
+def test_a_large_queue_does_not_slow_leasing_or_recording(tmp_path: Path) -> None:
+    # A shard with thousands of deferred (and due) messages: leasing ten and recording their
+    # outcomes reads those ten, not every deliverable recipient of the shard (as a plan
+    # through recipients_due's state range did, once per batch).
+    small = _steps_to_lease_and_record(tmp_path / "small", 10)
+    large = _steps_to_lease_and_record(tmp_path / "large", 4000)
+    assert large < 2 * small, (small, large)

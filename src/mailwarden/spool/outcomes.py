@@ -92,6 +92,10 @@ RETURNING id
 # range the next lease scans (with thousands of messages in flight, that scan otherwise
 # steps over every one of them each time). The lease check above still decides; this only
 # spares the work. Whoever ends or extends a lease moves those recipients on (move_bumped).
+# Those moves name their messages: "+state" keeps SQLite from reading them through
+# recipients_due, whose state range holds every deliverable recipient of the shard (a
+# deferred queue of 100,000 would be read once per batch), so that the primary key's
+# message_id seeks are what it uses.
 _DELIVERABLE = tuple(sorted(state.value for state in DELIVERABLE))
 
 
@@ -103,7 +107,7 @@ def lease(db: sqlite3.Connection, parameters: dict[str, object]) -> list[str]:
         db.execute(
             "UPDATE recipients SET next_attempt = ?"
             f" WHERE message_id IN ({','.join('?' * len(ids))})"
-            " AND state IN (?, ?) AND next_attempt <= ?",
+            " AND +state IN (?, ?) AND next_attempt <= ?",
             [parameters["until"], *ids, *_DELIVERABLE, parameters["now"]],
         )
     return ids
@@ -122,7 +126,7 @@ def move_bumped(
     target = "(SELECT received_at FROM messages WHERE id = recipients.message_id)"
     db.execute(
         f"UPDATE recipients SET next_attempt = {target if to is None else '?'}"
-        f" WHERE message_id IN ({messages}) AND state IN (?, ?) AND next_attempt = ("
+        f" WHERE message_id IN ({messages}) AND +state IN (?, ?) AND next_attempt = ("
         " SELECT lease_until FROM messages WHERE id = recipients.message_id)",
         [*(() if to is None else (to,)), *arguments, *_DELIVERABLE],
     )
@@ -174,7 +178,7 @@ def lease_and_load(
     # After the rows are read, which carry the real next attempts: the lease's end.
     db.execute(
         f"UPDATE recipients SET next_attempt = ? WHERE message_id IN ({marks})"
-        " AND state IN (?, ?) AND next_attempt <= ?",
+        " AND +state IN (?, ?) AND next_attempt <= ?",
         [until, *ids, *_DELIVERABLE, now],
     )
     return leased
