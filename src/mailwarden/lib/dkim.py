@@ -28,8 +28,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from mailwarden.lib import dkim_crypto
 from mailwarden.lib import dns as lib_dns
 from mailwarden.policy.context import Message
+
+dkim_crypto.install()  # dkimpy's RSA without its octet-by-octet conversions
 
 __all__ = [
     "DEFAULT_HEADERS",
